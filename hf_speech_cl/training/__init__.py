@@ -1,0 +1,31 @@
+"""The shared training path: arguments, the accelerate loop, checkpoints/resume, logging, model cards, Hub upload."""
+
+from .arguments import PretrainingArguments
+from .checkpointing import find_last_checkpoint, list_checkpoints
+from .export import (
+    finalize_pretraining,
+    push_folder_to_hub,
+    render_model_card,
+    save_pretrained_atomic,
+    write_model_card,
+)
+from .loop import NonFiniteLossError, TrainResult, evaluate, make_accelerator, train
+from .tracking import JSONLinesTracker, read_metrics
+
+__all__ = [
+    "JSONLinesTracker",
+    "NonFiniteLossError",
+    "PretrainingArguments",
+    "TrainResult",
+    "evaluate",
+    "finalize_pretraining",
+    "find_last_checkpoint",
+    "list_checkpoints",
+    "make_accelerator",
+    "push_folder_to_hub",
+    "read_metrics",
+    "render_model_card",
+    "save_pretrained_atomic",
+    "train",
+    "write_model_card",
+]

@@ -1,0 +1,223 @@
+"""Final model folders: atomic `save_pretrained`, model cards rendered from `model_cards/`, Hub upload."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+__all__ = [
+    "MODEL_CARD_DIR",
+    "finalize_pretraining",
+    "push_folder_to_hub",
+    "render_model_card",
+    "save_pretrained_atomic",
+    "write_model_card",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Card templates ship inside the package (`hf_speech_cl/model_cards` links to the repository's `model_cards/`).
+MODEL_CARD_DIR = Path(str(resources.files("hf_speech_cl") / "model_cards"))
+
+# Written last, so that a folder holding config.json always holds the weights it describes.
+_WRITE_LAST = ("config.json",)
+
+
+def save_pretrained_atomic(output_dir: str | os.PathLike, *savables: Any) -> list[str]:
+    """`save_pretrained` every object of `savables` (model, feature extractor, processor) into `output_dir`.
+
+    Everything is first written to `output_dir/.tmp-save`, then each file is moved into place with `os.replace`,
+    `config.json` last: a run killed while saving leaves either the previous final files or the new ones, never a
+    config without its weights. Other content of `output_dir` (checkpoints, logs) is left alone.
+
+    Returns:
+        The names of the files written.
+    """
+    output_dir = Path(output_dir)
+    tmp = output_dir / ".tmp-save"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for obj in savables:
+        obj.save_pretrained(tmp)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in sorted(names, key=lambda n: n in _WRITE_LAST):
+        target = output_dir / name
+        if target.is_dir() and not (tmp / name).is_dir():
+            shutil.rmtree(target)
+        if (tmp / name).is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(tmp / name), str(target))
+        else:
+            os.replace(tmp / name, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return names
+
+
+def render_model_card(template: str, card_data: dict[str, Any], **variables: Any) -> ModelCard:
+    """Render `model_cards/{template}.md` (Jinja2, through `huggingface_hub.ModelCard.from_template`).
+
+    Args:
+        template: file stem in `model_cards/`, e.g. `"pretraining"`.
+        card_data: the YAML header (`license`, `tags`, `datasets`, `library_name`, `pipeline_tag`, `base_model`, ...).
+        variables: values the template uses (`model_name`, `objective`, `metrics`, ...).
+
+    Raises:
+        FileNotFoundError: if the template does not exist (names the folder searched).
+    """
+    path = MODEL_CARD_DIR / f"{template}.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"No model card template {path.name!r} in {MODEL_CARD_DIR}")
+    data = ModelCardData(**{k: v for k, v in card_data.items() if v is not None})
+    return ModelCard.from_template(data, template_path=str(path), **variables)
+
+
+def write_model_card(output_dir: str | os.PathLike, template: str, card_data: dict[str, Any], **variables) -> Path:
+    """Render a card (see `render_model_card`) and write it atomically to `output_dir/README.md`."""
+    from .checkpointing import atomic_write_text
+
+    card = render_model_card(template, card_data, **variables)
+    path = Path(output_dir) / "README.md"
+    atomic_write_text(path, str(card))
+    return path
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload model trained with hf_speech_cl",
+    api: HfApi | None = None,
+) -> str:
+    """Create `repo_id` if needed and upload `folder` (weights, config, card) without its checkpoints and logs.
+
+    Returns:
+        The URL of the commit.
+    """
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**"],
+    )
+    url = getattr(info, "commit_url", str(info))
+    logger.info("Uploaded %s to %s", folder, url)
+    return url
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def finalize_pretraining(
+    *,
+    accelerator: Any,
+    model: Any,
+    result: Any,
+    args: Any,
+    savables: tuple[Any, ...] = (),
+    objective_name: str,
+    objective_description: str,
+    recipe: str,
+    dataset: str,
+    train_split: str,
+    architecture: str,
+    usage: str,
+    finetune_command: str,
+    citation: str,
+    dataset_note: str | None = None,
+    augmentations: list[dict[str, Any]] | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+    after_save: Any = None,
+) -> Path:
+    """The end of every pretraining recipe: save the model, write its card, optionally push it to the Hub.
+
+    Runs the writing on the main process only and synchronises the others. `after_save(output_dir)` runs after the
+    model is saved and before the card is written (e.g. to export the encoder as a stock checkpoint).
+
+    Returns:
+        The output folder.
+    """
+    output_dir = Path(args.output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        save_pretrained_atomic(output_dir, unwrapped, *savables)
+        if after_save is not None:
+            after_save(output_dir)
+        names = sorted(set(result.first_metrics) | set(result.last_metrics) | set(result.eval_metrics))
+        metrics = [
+            {
+                "name": name,
+                "first": _fmt(result.first_metrics.get(name, "")),
+                "last": _fmt(result.eval_metrics.get(name, result.last_metrics.get(name, ""))),
+            }
+            for name in names
+            if name not in ("epoch", "audio_hours_seen")
+        ]
+        hparams = {
+            "updates": result.global_step,
+            "clips per device per update": args.per_device_train_batch_size * args.gradient_accumulation_steps,
+            "processes": accelerator.num_processes,
+            "peak learning rate": args.learning_rate,
+            "warm-up updates": args.num_warmup_steps,
+            "schedule": args.lr_scheduler_type,
+            "optimizer": f"AdamW (betas {args.adam_beta1}, {args.adam_beta2}; eps {args.adam_epsilon}; "
+            f"weight decay {args.weight_decay})",
+            "gradient clipping": args.max_grad_norm,
+            "mixed precision": accelerator.mixed_precision,
+            "seed": args.seed,
+            **(hyperparameters or {}),
+        }
+        hardware = f"{accelerator.num_processes} x {accelerator.device.type}"
+        if accelerator.device.type == "cpu":
+            hardware += f" ({os.cpu_count()} cores)"
+        write_model_card(
+            output_dir,
+            "pretraining",
+            {
+                "license": "apache-2.0",
+                "library_name": "transformers",
+                "tags": ["audio", "speech", "self-supervised-learning", "hf_speech_cl", *(tags or [])],
+                "datasets": [dataset] if "/" in dataset else None,
+            },
+            model_name=args.hub_model_id or output_dir.name,
+            objective_name=objective_name,
+            objective_description=objective_description,
+            recipe=recipe,
+            dataset=dataset,
+            train_split=train_split,
+            dataset_note=dataset_note,
+            audio_hours=result.audio_seconds / 3600,
+            steps=result.global_step,
+            batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps,
+            num_processes=accelerator.num_processes,
+            augmentations=augmentations or [],
+            architecture=architecture,
+            hyperparameters=hparams,
+            metrics=metrics,
+            wall_time_s=result.wall_time_s,
+            audio_seconds_per_second=result.audio_seconds_per_second,
+            hardware=hardware,
+            usage=usage,
+            finetune_command=finetune_command,
+            citation=citation,
+        )
+        if args.push_to_hub:
+            push_folder_to_hub(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    accelerator.wait_for_everyone()
+    return output_dir

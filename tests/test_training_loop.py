@@ -82,8 +82,16 @@ def toy_loader(n=24, batch_size=4):
 
 def make_args(tmp_path, **overrides):
     defaults = dict(
-        output_dir=str(tmp_path / "run"), max_steps=12, per_device_train_batch_size=4, learning_rate=0.1,
-        warmup_steps=0, logging_steps=2, save_steps=4, seed=3, report_to="jsonl", weight_decay=0.0,
+        output_dir=str(tmp_path / "run"),
+        max_steps=12,
+        per_device_train_batch_size=4,
+        learning_rate=0.1,
+        warmup_steps=0,
+        logging_steps=2,
+        save_steps=4,
+        seed=3,
+        report_to="jsonl",
+        weight_decay=0.0,
         lr_scheduler_type="constant",
     )
     defaults.update(overrides)
@@ -124,6 +132,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
         def callback(model, update):
             if update == step:
                 raise Interrupt
+
         return callback
 
     args = make_args(tmp_path / "b", max_steps=10)
@@ -224,3 +233,18 @@ def test_push_folder_to_hub_uploads_without_checkpoints(tmp_path):
     assert calls["create"] == ("user/m", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert calls["upload"]["folder_path"] == str(tmp_path)
     assert "checkpoint-*" in calls["upload"]["ignore_patterns"]
+
+
+def test_eval_fn_is_called_periodically_and_at_the_end(tmp_path):
+    calls = []
+
+    def eval_fn(model):
+        calls.append(model.training)
+        model.eval()
+        return {"eval_score": float(len(calls))}
+
+    _, result = run(make_args(tmp_path, max_steps=6, eval_steps=2), eval_fn=eval_fn)
+    assert len(calls) == 3  # after updates 2 and 4, then at the end (6)
+    assert result.eval_metrics == {"eval_score": 3.0}
+    logged = [r for r in read_metrics(tmp_path / "run" / "logs") if "eval_score" in r]
+    assert [r["step"] for r in logged] == [2, 4, 6]

@@ -75,6 +75,13 @@ class PretrainingArguments:
             "or a recent CPU)."
         },
     )
+    ddp_find_unused_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Let DDP tolerate parameters without gradients in a step (needed when part of the model is "
+            "frozen for some updates, e.g. fine-tuning with --freeze_transformer_updates)."
+        },
+    )
     report_to: str = field(
         default="jsonl",
         metadata={

@@ -9,6 +9,8 @@ What differs between objectives enters through three hooks:
   reproducible and a resumed run draws exactly what an uninterrupted one would have.
 - `step_callbacks`: each is called as `callback(model, update)` before every forward pass of that update (e.g. the
   Gumbel-softmax temperature decay of wav2vec 2.0).
+- `metrics_fn(outputs, batch) -> dict[str, tensor]`: what to log from a forward pass (default: every 0-d float field
+  of the output). Objective-specific metrics (per-frame losses, masked fraction) come from here.
 - `loss_normalizer(batch) -> tensor`: a count (e.g. masked frames) for models whose loss is a *sum*; the loss is
   divided by that count summed over all processes and multiplied by the number of processes, so that after DDP's
   gradient averaging the update equals the gradient of (total loss / total count) — the normalisation of fairseq's
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 BatchTransform = Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
 StepCallback = Callable[[torch.nn.Module, int], None]
 LossNormalizer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+MetricsFn = Callable[[Any, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -97,7 +100,11 @@ def make_accelerator(args: PretrainingArguments) -> Accelerator:
         if name in ("", "none"):
             continue
         log_with.append(JSONLinesTracker(run_name, logging_dir) if name == "jsonl" else name)
+    kwargs_handlers = []
+    if args.ddp_find_unused_parameters:
+        kwargs_handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     accelerator = Accelerator(
+        kwargs_handlers=kwargs_handlers,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with or None,
@@ -146,6 +153,7 @@ def evaluate(
     accelerator: Accelerator,
     *,
     batch_transform: BatchTransform | None = None,
+    metrics_fn: MetricsFn | None = None,
     seed: int = 0,
     max_batches: int | None = None,
 ) -> dict[str, float]:
@@ -167,8 +175,9 @@ def evaluate(
                 batch, _step_generator(accelerator.device, seed, -1, accelerator.process_index, index)
             )
         outputs = model(**batch)
-        for key, value in _scalar_outputs(outputs).items():
-            sums[key] = sums[key] + value
+        logged = metrics_fn(outputs, batch) if metrics_fn is not None else _scalar_outputs(outputs)
+        for key, value in logged.items():
+            sums[key] = sums[key] + value.detach().float()
         count += 1
     model.train(was_training)
     total = accelerator.reduce(count, reduction="sum")
@@ -189,7 +198,9 @@ def train(
     batch_transform: BatchTransform | None = None,
     step_callbacks: Iterable[StepCallback] = (),
     loss_normalizer: LossNormalizer | None = None,
+    metrics_fn: MetricsFn | None = None,
     eval_dataloader: torch.utils.data.DataLoader | None = None,
+    eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     hparams: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` for `args.max_steps` updates; resume from the newest checkpoint in `args.output_dir`.
@@ -202,8 +213,11 @@ def train(
         accelerator: from `make_accelerator(args)`.
         sampling_rate: of `input_values`, in Hz (from the feature extractor); turns `attention_mask` sums into
             audio-seconds for the throughput log.
-        batch_transform, step_callbacks, loss_normalizer: objective-specific hooks (see the module docstring).
-        eval_dataloader: optional; evaluated every `args.eval_steps` updates and at the end.
+        batch_transform, step_callbacks, loss_normalizer, metrics_fn: objective-specific hooks (see the module docstring).
+        eval_dataloader: optional; evaluated every `args.eval_steps` updates and at the end (averaged outputs).
+        eval_fn: optional task evaluation (e.g. WER after greedy CTC decoding): called as `eval_fn(model)` with the
+            prepared model on every process every `args.eval_steps` updates and at the end; returns metrics that
+            are logged (prefix them yourself, e.g. `eval_wer`) and merged into `TrainResult.eval_metrics`.
         hparams: extra values stored with the trackers' run configuration.
 
     Returns:
@@ -305,11 +319,15 @@ def train(
                 micro += 1
                 outputs = model(**batch)
                 loss = outputs.loss
+                logged = metrics_fn(outputs, batch) if metrics_fn is not None else _scalar_outputs(outputs)
                 if loss_normalizer is not None:
-                    count = accelerator.reduce(loss_normalizer(batch).detach().float().to(loss.device), "sum")
+                    local = loss_normalizer(batch).detach().float().to(loss.device)
+                    count = accelerator.reduce(local.clone(), "sum")
+                    if metrics_fn is None:
+                        logged["loss"] = loss.detach().float() / local.clamp(min=1)
                     loss = loss * accelerator.num_processes / count.clamp(min=1)
                 accelerator.backward(loss)
-                for key, value in _scalar_outputs(outputs).items():
+                for key, value in logged.items():
                     sums[key] = sums[key] + value
                 micro_batches += 1
                 if accelerator.sync_gradients:
@@ -362,11 +380,24 @@ def train(
                 interval_audio = 0.0
                 interval_start = time.perf_counter()
 
-            if eval_dataloader is not None and args.eval_steps and step % args.eval_steps == 0:
-                eval_metrics = evaluate(
-                    model, eval_dataloader, accelerator, batch_transform=batch_transform, seed=args.seed
-                )
-                accelerator.log(eval_metrics, step=step)
+            if args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
+                eval_metrics = {}
+                if eval_dataloader is not None:
+                    eval_metrics.update(
+                        evaluate(
+                            model,
+                            eval_dataloader,
+                            accelerator,
+                            batch_transform=batch_transform,
+                            metrics_fn=metrics_fn,
+                            seed=args.seed,
+                        )
+                    )
+                if eval_fn is not None:
+                    eval_metrics.update(eval_fn(model))
+                    model.train()
+                if eval_metrics:
+                    accelerator.log(eval_metrics, step=step)
 
             if step % args.save_steps == 0 or step == args.max_steps:
                 _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
@@ -392,9 +423,19 @@ def train(
     total_run_audio = float(accelerator.reduce(torch.tensor(run_audio, device=accelerator.device), "sum"))
     result.audio_seconds_per_second = total_run_audio / max(result.wall_time_s, 1e-9)
     if eval_dataloader is not None:
-        result.eval_metrics = evaluate(
-            model, eval_dataloader, accelerator, batch_transform=batch_transform, seed=args.seed
+        result.eval_metrics.update(
+            evaluate(
+                model,
+                eval_dataloader,
+                accelerator,
+                batch_transform=batch_transform,
+                metrics_fn=metrics_fn,
+                seed=args.seed,
+            )
         )
+    if eval_fn is not None:
+        result.eval_metrics.update(eval_fn(model))
+    if result.eval_metrics:
         accelerator.log(result.eval_metrics, step=result.global_step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

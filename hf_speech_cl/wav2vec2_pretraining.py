@@ -1,0 +1,192 @@
+"""What wav2vec 2.0 pretraining with the stock `transformers.Wav2Vec2ForPreTraining` needs around the model.
+
+- `gumbel_temperature(update)`: the Gumbel-softmax temperature schedule of Baevski et al. 2020 §4.2 (2 → 0.5,
+  multiplied by 0.999995 per update; fairseq `latent_temp=(2, 0.5, 0.999995)`).
+- `Wav2Vec2PretrainingMonitor`: a step callback that sets that temperature, and a `metrics_fn` for the shared loop
+  that reports per-masked-frame losses (the stock model returns sums), codevector perplexity, masked fraction and the
+  temperature, and warns when the codebook collapses (transformers #14387: contrastive loss → 0 with codevector
+  perplexity ≈ number of groups).
+- `check_pretraining_setup(config, min_input_samples)`: refuses set-ups that give NaN losses or nothing to learn
+  (clips too short for the masks and the negatives; transformers #17834, #19588) and says what to change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from transformers import Wav2Vec2Config
+
+__all__ = [
+    "WAV2VEC2_PRETRAINING_DEFAULTS",
+    "Wav2Vec2PretrainingMonitor",
+    "check_pretraining_setup",
+    "gumbel_temperature",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Objective defaults per size preset. `base` = the paper's BASE (Baevski et al. 2020 §4.2: mask probability 0.65,
+#: span 10, K=100 distractors, G=2 codebooks of V=320 entries, diversity weight alpha=0.1, kappa=0.1). Smaller presets
+#: see 2–4 s clips of 100–200 frames, so they use fewer distractors and entries.
+WAV2VEC2_PRETRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "base": {
+        "mask_time_prob": 0.65,
+        "mask_time_length": 10,
+        "num_negatives": 100,
+        "num_codevector_groups": 2,
+        "num_codevectors_per_group": 320,
+        "codevector_dim": 256,
+        "proj_codevector_dim": 256,
+        "diversity_loss_weight": 0.1,
+        "contrastive_logits_temperature": 0.1,
+    },
+    "small": {
+        "mask_time_prob": 0.65,
+        "mask_time_length": 10,
+        "num_negatives": 50,
+        "num_codevector_groups": 2,
+        "num_codevectors_per_group": 160,
+        "codevector_dim": 128,
+        "proj_codevector_dim": 128,
+        "diversity_loss_weight": 0.1,
+        "contrastive_logits_temperature": 0.1,
+    },
+    "tiny": {
+        "mask_time_prob": 0.65,
+        "mask_time_length": 10,
+        "num_negatives": 30,
+        "num_codevector_groups": 2,
+        "num_codevectors_per_group": 64,
+        "codevector_dim": 64,
+        "proj_codevector_dim": 64,
+        "diversity_loss_weight": 0.1,
+        "contrastive_logits_temperature": 0.1,
+    },
+}
+
+
+def gumbel_temperature(
+    update: int, max_temperature: float = 2.0, min_temperature: float = 0.5, decay: float = 0.999995
+) -> float:
+    """Gumbel-softmax temperature at `update`: `max(max_temperature * decay**update, min_temperature)`.
+
+    Baevski et al. 2020 §4.2 and fairseq's `Wav2Vec2Model.set_num_updates` (defaults 2, 0.5, 0.999995).
+    """
+    return max(max_temperature * decay**update, min_temperature)
+
+
+class Wav2Vec2PretrainingMonitor:
+    """Step callback + metrics for the shared loop (`train(step_callbacks=[m.step], metrics_fn=m.metrics)`).
+
+    Args:
+        config: the model's `Wav2Vec2Config` (codebook size for the collapse check).
+        max_temperature, min_temperature, temperature_decay: the Gumbel schedule (see `gumbel_temperature`).
+        collapse_perplexity: warn when the codevector perplexity (summed over groups, as transformers computes it)
+            stays below this; default `2 * num_codevector_groups`, i.e. about two entries used per codebook.
+        patience: consecutive batches under the threshold before warning (after the first `patience` updates).
+    """
+
+    def __init__(
+        self,
+        config: Wav2Vec2Config,
+        *,
+        max_temperature: float = 2.0,
+        min_temperature: float = 0.5,
+        temperature_decay: float = 0.999995,
+        collapse_perplexity: float | None = None,
+        patience: int = 50,
+    ):
+        self.max_temperature = max_temperature
+        self.min_temperature = min_temperature
+        self.temperature_decay = temperature_decay
+        self.collapse_perplexity = (
+            collapse_perplexity if collapse_perplexity is not None else 2.0 * config.num_codevector_groups
+        )
+        self.patience = patience
+        self.temperature = max_temperature
+        self.collapsed = False
+        self._below = 0
+        self._calls = 0
+
+    def step(self, model: Any, update: int) -> None:
+        """Set the Gumbel temperature of `model` (a `Wav2Vec2ForPreTraining`) for `update`."""
+        self.temperature = gumbel_temperature(
+            update, self.max_temperature, self.min_temperature, self.temperature_decay
+        )
+        model.set_gumbel_temperature(self.temperature)
+
+    def metrics(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-masked-frame losses, codevector perplexity, masked fraction, Gumbel temperature (0-d tensors).
+
+        Raises:
+            ValueError: if the batch has no masked frame (nothing to learn from; see `check_pretraining_setup`).
+        """
+        mask = batch["mask_time_indices"]
+        masked = mask.sum()
+        if int(masked) == 0:
+            raise ValueError(
+                "A batch has no masked frame, so wav2vec 2.0 has nothing to predict: raise --mask_time_prob or "
+                "--min_duration_s (clips shorter than mask_time_length frames cannot be masked)."
+            )
+        frames = batch["sub_attention_mask"].sum() if "sub_attention_mask" in batch else mask.numel()
+        perplexity = outputs.codevector_perplexity.detach().float()
+        self._track_collapse(float(perplexity))
+        return {
+            "loss": outputs.loss.detach().float() / masked,
+            "contrastive_loss": outputs.contrastive_loss.detach().float() / masked,
+            "diversity_loss": outputs.diversity_loss.detach().float() / masked,
+            "codevector_perplexity": perplexity,
+            "masked_fraction": masked.float() / frames,
+            "gumbel_temperature": torch.tensor(self.temperature, device=perplexity.device),
+        }
+
+    def _track_collapse(self, perplexity: float) -> None:
+        self._calls += 1
+        self._below = self._below + 1 if perplexity < self.collapse_perplexity else 0
+        if self._calls > self.patience and self._below >= self.patience and not self.collapsed:
+            self.collapsed = True
+            logger.warning(
+                "Codevector perplexity has stayed below %.1f for %d batches: the quantizer collapsed onto a few "
+                "codevectors and the contrastive task became trivial (transformers #14387). Raise "
+                "--diversity_loss_weight (e.g. 0.5), lower --learning_rate, keep the Gumbel temperature high longer "
+                "(--gumbel_temperature_decay closer to 1), or use feat_extract_norm='layer'.",
+                self.collapse_perplexity,
+                self.patience,
+            )
+
+
+def check_pretraining_setup(model: Any, min_input_samples: int) -> int:
+    """Check that the shortest clip can be masked and has distractors; return its number of encoder frames.
+
+    A clip of F frames must hold at least one mask span (`mask_time_length` frames) and more than one frame to draw
+    negatives from; otherwise `_compute_mask_indices`/`_sample_negative_indices` produce empty masks or self-only
+    negatives and the loss is 0/0 = NaN (transformers #17834, #19588).
+
+    Args:
+        model: a `Wav2Vec2ForPreTraining` (its `_get_feat_extract_output_lengths` gives the frame count).
+        min_input_samples: the shortest clip the data pipeline lets through, in samples.
+
+    Raises:
+        ValueError: naming the shortest duration that works.
+    """
+    config = model.config
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(min_input_samples)))
+    if frames < max(config.mask_time_length, 2):
+        needed = max(config.mask_time_length, 2)
+        samples_per_frame = math.prod(config.conv_stride)
+        raise ValueError(
+            f"The shortest clips ({min_input_samples} samples) give {frames} encoder frames, fewer than one mask span "
+            f"(mask_time_length={config.mask_time_length}): masks and negatives would be empty and the loss NaN. "
+            f"Raise --min_duration_s so that clips have at least {needed} frames "
+            f"(about {needed * samples_per_frame} samples) or lower --mask_time_length."
+        )
+    if config.num_negatives >= frames:
+        logger.warning(
+            "num_negatives=%d >= %d frames of the shortest clip: distractors will repeat (sampled with replacement).",
+            config.num_negatives,
+            frames,
+        )
+    return frames

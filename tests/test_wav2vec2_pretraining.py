@@ -1,0 +1,87 @@
+"""The wav2vec 2.0 objective glue around the stock Wav2Vec2ForPreTraining."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2ForPreTrainingOutput
+
+from hf_speech_cl.wav2vec2_pretraining import (
+    Wav2Vec2PretrainingMonitor,
+    check_pretraining_setup,
+    gumbel_temperature,
+)
+
+
+def tiny_config(**kw):
+    defaults = dict(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        num_codevector_groups=2,
+        num_codevectors_per_group=8,
+        codevector_dim=16,
+        proj_codevector_dim=16,
+        mask_time_length=4,
+    )
+    defaults.update(kw)
+    return Wav2Vec2Config(**defaults)
+
+
+def test_gumbel_schedule_matches_paper():
+    assert gumbel_temperature(0) == 2.0
+    assert gumbel_temperature(1000) == pytest.approx(2.0 * 0.999995**1000)
+    assert gumbel_temperature(10_000_000) == 0.5  # floor
+
+
+def test_monitor_sets_temperature_and_normalizes_losses():
+    model = Wav2Vec2ForPreTraining(tiny_config())
+    monitor = Wav2Vec2PretrainingMonitor(model.config, temperature_decay=0.5)
+    monitor.step(model, 1)
+    assert model.quantizer.temperature == 1.0
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[:, :4] = True  # 8 masked frames
+    outputs = Wav2Vec2ForPreTrainingOutput(
+        loss=torch.tensor(16.0),
+        contrastive_loss=torch.tensor(8.0),
+        diversity_loss=torch.tensor(4.0),
+        codevector_perplexity=torch.tensor(9.0),
+    )
+    metrics = monitor.metrics(outputs, {"mask_time_indices": mask, "sub_attention_mask": torch.ones(2, 10)})
+    assert metrics["loss"] == 2.0 and metrics["contrastive_loss"] == 1.0 and metrics["diversity_loss"] == 0.5
+    assert metrics["masked_fraction"] == pytest.approx(0.4)
+    assert metrics["gumbel_temperature"] == 1.0
+    with pytest.raises(ValueError, match="no masked frame"):
+        monitor.metrics(outputs, {"mask_time_indices": torch.zeros(2, 10, dtype=torch.bool)})
+
+
+def test_monitor_warns_on_codebook_collapse(caplog):
+    monitor = Wav2Vec2PretrainingMonitor(tiny_config(), patience=3)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    collapsed = Wav2Vec2ForPreTrainingOutput(
+        loss=torch.tensor(0.0),
+        contrastive_loss=torch.tensor(0.0),
+        diversity_loss=torch.tensor(0.0),
+        codevector_perplexity=torch.tensor(2.0),
+    )
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            monitor.metrics(collapsed, {"mask_time_indices": mask})
+    assert monitor.collapsed and "collapsed" in caplog.text
+
+
+def test_setup_check_rejects_clips_too_short_to_mask():
+    model = Wav2Vec2ForPreTraining(tiny_config(mask_time_length=10))
+    # 10 frames need (10-1)*2*5 + ... samples; 50 samples give 4 frames
+    with pytest.raises(ValueError, match="min_duration_s"):
+        check_pretraining_setup(model, 50)
+    assert check_pretraining_setup(model, 1000) == int(model._get_feat_extract_output_lengths(torch.tensor(1000)))

@@ -23,7 +23,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, Wav2Vec2Config, Wav2Vec2FeatureExtractor
+from transformers import HfArgumentParser, Wav2Vec2FeatureExtractor
 
 from hf_speech_cl.augment import SimCLRAugment
 from hf_speech_cl.data import DataArguments, build_pretraining_dataloaders
@@ -65,7 +65,9 @@ def build_model(model_args: SimCLRArguments) -> SimCLRAudioForPreTraining:
     if model_args.model_name_or_path:
         return SimCLRAudioForPreTraining.from_pretrained(model_args.model_name_or_path)
     config = SimCLRAudioConfig(
-        backbone_config=Wav2Vec2Config(**encoder_preset(model_args.model_size)),
+        # a dict is merged over SimCLRAudioConfig's backbone defaults (no LayerDrop, no SpecAugment: both leave
+        # parameters without gradient in some steps, which DDP rejects, and the views are augmented already)
+        backbone_config=encoder_preset(model_args.model_size),
         granularity=model_args.granularity,
         projection_dim=model_args.projection_dim,
         nt_xent_temperature=model_args.nt_xent_temperature,

@@ -154,3 +154,32 @@ def test_wav2vec2_recipe_trains_the_group_norm_base_variant(tmp_path, tiny_corpu
     config = json.loads((out / "config.json").read_text())
     assert config["feat_extract_norm"] == "group" and config["do_stable_layer_norm"] is False
     assert json.loads((out / "train_results.json").read_text())["global_step"] == 2
+
+
+def test_simclr_recipe_runs_on_two_cpu_processes(tmp_path, tiny_corpus_args):
+    """torchrun, 2 processes, gloo: the run finishes, every process saved its RNG state, negatives are gathered."""
+    import os
+    import subprocess
+
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        str(ROOT / "recipes" / "pretrain_simclr.py"),
+        *common(out, 2, *tiny_corpus_args, "--eval_split", "none"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "checkpoint-2" / "random_states_0.pkl").exists()
+    assert (out / "checkpoint-2" / "random_states_1.pkl").exists()
+    card = (out / "README.md").read_text()
+    assert "gathered from every process" in card and "| processes | 2 |" in card
+    # 2 processes x 4 clips: each anchor has 2*8-2 = 14 negatives, so the loss starts near log(15), not log(7)
+    first = [r for r in read_metrics(out / "logs") if "loss" in r][0]
+    assert first["loss"] > 2.3, first

@@ -103,7 +103,11 @@ def make_accelerator(args: PretrainingArguments) -> Accelerator:
     kwargs_handlers = []
     if args.ddp_find_unused_parameters:
         kwargs_handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    # Under torchrun on a machine without CUDA, accelerate only reaches MULTI_CPU (gloo) with cpu=True; without it,
+    # every process believes it is process 0 of 1 while torch.distributed is initialised (accelerate 1.15).
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        cpu=multi_process and not torch.cuda.is_available(),
         kwargs_handlers=kwargs_handlers,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -440,7 +444,10 @@ def train(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(output_dir / "train_results.json", json.dumps(asdict(result), indent=2))
-    accelerator.end_training()
+    # not accelerator.end_training(): it also destroys the process group, and recipes still synchronise afterwards
+    # (saving, model card, upload)
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return result
 
 

@@ -54,6 +54,28 @@ def _distributed_world_size() -> int:
     return 1
 
 
+class _AllGatherWithGradient(torch.autograd.Function):
+    """`all_gather` whose backward sums every process's gradient for the local slice (works on gloo, NCCL, ...).
+
+    forward: `(R, D)` on each of W processes → `(W, R, D)`, identical everywhere.
+    backward: the `(W, R, D)` gradient is summed over processes (`all_reduce`), and the local slice is returned.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank = torch.distributed.get_rank()
+        tensor = tensor.contiguous()
+        gathered = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, tensor)
+        return torch.stack(gathered)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        grad = grad_output.contiguous()
+        torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
+        return grad[ctx.rank]
+
+
 def nt_xent_loss(
     view1: torch.Tensor,
     view2: torch.Tensor,
@@ -75,10 +97,12 @@ def nt_xent_loss(
 
     Several processes (`gather_across_processes=True` and `torch.distributed` initialised with a world size > 1):
     the anchors are the local 2N views, the candidates (positive and negatives) are the views of every process,
-    gathered with `torch.distributed.nn.functional.all_gather`, which keeps the autograd graph. Processes may hold
+    gathered with `_AllGatherWithGradient`, which keeps the autograd graph (all_gather forward, all_reduce backward:
+    the `GatherLayer` of SimCLR re-implementations; `torch.distributed.nn.functional.all_gather` would need
+    all_to_all in its backward, which the gloo backend of CPU runs lacks). Processes may hold
     different N (sizes are exchanged first and the gathered tensors padded). Why the gradient is right: process p's
     views z_p enter its own loss L_p as anchors and candidates, and every other L_q as candidates. The backward of
-    `all_gather` sums over processes the gradient each L_q sends to z_p, so process p obtains
+    the gather sums over processes the gradient each L_q sends to z_p, so process p obtains
     Σ_q ∂L_q/∂z_p · ∂z_p/∂θ; DistributedDataParallel then averages over the W processes, which gives
     ∂/∂θ [(1/W) Σ_q L_q], the gradient of the mean of the per-process losses, i.e. of the loss over the global
     batch when every process holds the same N (as in SimCLR §2.2, where the loss is computed on the global batch).
@@ -116,8 +140,6 @@ def nt_xent_loss(
 
     world_size = _distributed_world_size() if gather_across_processes else 1
     if world_size > 1:
-        from torch.distributed.nn.functional import all_gather as differentiable_all_gather
-
         rank = torch.distributed.get_rank()
         sizes = torch.tensor([n_local], device=z.device, dtype=torch.long)
         all_sizes = [torch.zeros_like(sizes) for _ in range(world_size)]
@@ -125,7 +147,7 @@ def nt_xent_loss(
         all_sizes = [int(s.item()) for s in all_sizes]
         max_rows = 2 * max(all_sizes)
         padded = F.pad(z, (0, 0, 0, max_rows - 2 * n_local))  # all_gather needs equal shapes: (2·max N, D)
-        gathered = differentiable_all_gather(padded)  # tuple of W tensors (2·max N, D), gradients flow back
+        gathered = _AllGatherWithGradient.apply(padded)  # (W, 2·max N, D), gradients flow back
         candidates = torch.cat([g[: 2 * s] for g, s in zip(gathered, all_sizes)], dim=0)  # (2·ΣN, D)
         offset = 2 * sum(all_sizes[:rank])
         n_total = sum(all_sizes)

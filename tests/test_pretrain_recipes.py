@@ -159,17 +159,23 @@ def test_wav2vec2_recipe_trains_the_group_norm_base_variant(tmp_path, tiny_corpu
 def test_simclr_recipe_runs_on_two_cpu_processes(tmp_path, tiny_corpus_args):
     """torchrun, 2 processes, gloo: the run finishes, every process saved its RNG state, negatives are gathered."""
     import os
+    import socket
     import subprocess
 
     out = tmp_path / "ddp"
+    with socket.socket() as probe:  # torchrun's `--master_port 0` waits forever for its workers: pick a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
+        "--master_addr",
+        "127.0.0.1",
         "--master_port",
-        "0",
+        str(port),
         str(ROOT / "recipes" / "pretrain_simclr.py"),
         *common(out, 2, *tiny_corpus_args, "--eval_split", "none"),
     ]

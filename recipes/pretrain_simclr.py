@@ -79,8 +79,15 @@ def build_model(model_args: SimCLRArguments) -> SimCLRAudioForPreTraining:
 
 def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((SimCLRArguments, DataArguments, PretrainingArguments), description=__doc__)
-    parser.set_defaults(output_dir="outputs/simclr-tiny", max_steps=300, per_device_train_batch_size=8,
-                        learning_rate=5e-4, max_train_crop_s=3.0, save_steps=100, logging_steps=10)
+    parser.set_defaults(
+        output_dir="outputs/simclr-tiny",
+        max_steps=300,
+        per_device_train_batch_size=8,
+        learning_rate=5e-4,
+        max_train_crop_s=3.0,
+        save_steps=100,
+        logging_steps=10,
+    )
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
@@ -92,14 +99,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     with accelerator.main_process_first():
         train_loader, eval_loader = build_pretraining_dataloaders(
-            data_args, feature_extractor, config.backbone_config,
-            batch_size=args.per_device_train_batch_size, seed=args.seed,
+            data_args,
+            feature_extractor,
+            config.backbone_config,
+            batch_size=args.per_device_train_batch_size,
+            seed=args.seed,
         )
     augment = SimCLRAugment.from_config(config)
 
     result = train(
-        model, train_loader, args, accelerator=accelerator, sampling_rate=feature_extractor.sampling_rate,
-        batch_transform=augment, eval_dataloader=eval_loader,
+        model,
+        train_loader,
+        args,
+        accelerator=accelerator,
+        sampling_rate=feature_extractor.sampling_rate,
+        batch_transform=augment,
+        eval_dataloader=eval_loader,
         hparams={"granularity": config.granularity, "model_size": model_args.model_size},
     )
 
@@ -108,7 +123,11 @@ def main(argv: list[str] | None = None) -> None:
         feature_extractor.save_pretrained(output_dir / "encoder")
 
     out = finalize_pretraining(
-        accelerator=accelerator, model=model, result=result, args=args, savables=(feature_extractor,),
+        accelerator=accelerator,
+        model=model,
+        result=result,
+        args=args,
+        savables=(feature_extractor,),
         objective_name=f"SimCLR ({config.granularity}-level NT-Xent)",
         objective_description=(
             "Two augmented views of every clip go through a shared wav2vec 2.0-architecture encoder and a projection "
@@ -116,11 +135,17 @@ def main(argv: list[str] | None = None) -> None:
             f"{config.nt_xent_temperature}) pulls the two views of a clip together and pushes apart all other "
             "2(N-1) views of the batch"
             + (" (gathered from every process)" if accelerator.num_processes > 1 else "")
-            + (". Granularity `frame`: positives are the same time step of the two views, negatives other frames."
-               if config.granularity == "frame" else ". Granularity `utterance`: mean over valid frames.")
+            + (
+                ". Granularity `frame`: positives are the same time step of the two views, negatives other frames."
+                if config.granularity == "frame"
+                else ". Granularity `utterance`: mean over valid frames."
+            )
         ),
-        recipe="recipes/pretrain_simclr.py", dataset=data_args.dataset_name, train_split=data_args.train_split,
-        dataset_note=data_args.dataset_note, augmentations=augment.describe(),
+        recipe="recipes/pretrain_simclr.py",
+        dataset=data_args.dataset_name,
+        train_split=data_args.train_split,
+        dataset_note=data_args.dataset_note,
+        augmentations=augment.describe(),
         architecture=(
             f"wav2vec 2.0 encoder (`{model_args.model_size}`): {config.backbone_config.num_hidden_layers} Transformer "
             f"layers of {config.backbone_config.hidden_size} units, {sum(p.numel() for p in model.parameters()):,} "
@@ -137,8 +162,11 @@ def main(argv: list[str] | None = None) -> None:
         ),
         citation="Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive Learning of Visual "
         "Representations. ICML 2020. arXiv:2002.05709",
-        hyperparameters={"NT-Xent temperature": config.nt_xent_temperature, "granularity": config.granularity,
-                         "crop (s)": data_args.max_train_crop_s},
+        hyperparameters={
+            "NT-Xent temperature": config.nt_xent_temperature,
+            "granularity": config.granularity,
+            "crop (s)": data_args.max_train_crop_s,
+        },
         tags=["simclr", "contrastive-learning", "wav2vec2"],
         after_save=export_encoder,
     )

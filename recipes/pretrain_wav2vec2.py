@@ -101,8 +101,15 @@ def build_model(model_args: Wav2Vec2Arguments) -> Wav2Vec2ForPreTraining:
 
 def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((Wav2Vec2Arguments, DataArguments, PretrainingArguments), description=__doc__)
-    parser.set_defaults(output_dir="outputs/wav2vec2-tiny", max_steps=300, per_device_train_batch_size=8,
-                        learning_rate=1e-3, max_train_crop_s=4.0, save_steps=100, logging_steps=10)
+    parser.set_defaults(
+        output_dir="outputs/wav2vec2-tiny",
+        max_steps=300,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_train_crop_s=4.0,
+        save_steps=100,
+        logging_steps=10,
+    )
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
@@ -116,21 +123,37 @@ def main(argv: list[str] | None = None) -> None:
     collator = DataCollatorForWav2Vec2Pretraining(model=model, feature_extractor=feature_extractor)
     with accelerator.main_process_first():
         train_loader, eval_loader = build_pretraining_dataloaders(
-            data_args, feature_extractor, config, batch_size=args.per_device_train_batch_size, seed=args.seed,
+            data_args,
+            feature_extractor,
+            config,
+            batch_size=args.per_device_train_batch_size,
+            seed=args.seed,
             collator=collator,
         )
     monitor = Wav2Vec2PretrainingMonitor(
-        config, max_temperature=model_args.max_gumbel_temperature,
-        min_temperature=model_args.min_gumbel_temperature, temperature_decay=model_args.gumbel_temperature_decay,
+        config,
+        max_temperature=model_args.max_gumbel_temperature,
+        min_temperature=model_args.min_gumbel_temperature,
+        temperature_decay=model_args.gumbel_temperature_decay,
     )
     result = train(
-        model, train_loader, args, accelerator=accelerator, sampling_rate=feature_extractor.sampling_rate,
-        step_callbacks=[monitor.step], metrics_fn=monitor.metrics,
-        loss_normalizer=lambda batch: batch["mask_time_indices"].sum(), eval_dataloader=eval_loader,
+        model,
+        train_loader,
+        args,
+        accelerator=accelerator,
+        sampling_rate=feature_extractor.sampling_rate,
+        step_callbacks=[monitor.step],
+        metrics_fn=monitor.metrics,
+        loss_normalizer=lambda batch: batch["mask_time_indices"].sum(),
+        eval_dataloader=eval_loader,
         hparams={"model_size": model_args.model_size, "feat_extract_norm": config.feat_extract_norm},
     )
     out = finalize_pretraining(
-        accelerator=accelerator, model=model, result=result, args=args, savables=(feature_extractor,),
+        accelerator=accelerator,
+        model=model,
+        result=result,
+        args=args,
+        savables=(feature_extractor,),
         objective_name="wav2vec 2.0 (masked contrastive prediction of quantized latents)",
         objective_description=(
             f"Spans of {config.mask_time_length} frames, starting at a fraction {config.mask_time_prob} of frames, "
@@ -142,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
             f"x{model_args.gumbel_temperature_decay} per update). Losses are normalised by the number of masked "
             "frames over all processes."
         ),
-        recipe="recipes/pretrain_wav2vec2.py", dataset=data_args.dataset_name, train_split=data_args.train_split,
+        recipe="recipes/pretrain_wav2vec2.py",
+        dataset=data_args.dataset_name,
+        train_split=data_args.train_split,
         dataset_note=data_args.dataset_note,
         architecture=(
             f"`Wav2Vec2ForPreTraining` (`{model_args.model_size}`, feat_extract_norm={config.feat_extract_norm}): "
@@ -158,9 +183,13 @@ def main(argv: list[str] | None = None) -> None:
         ),
         citation="Baevski, Zhou, Mohamed, Auli. wav2vec 2.0: A Framework for Self-Supervised Learning of Speech "
         "Representations. NeurIPS 2020. arXiv:2006.11477",
-        hyperparameters={"mask_time_prob": config.mask_time_prob, "mask_time_length": config.mask_time_length,
-                         "num_negatives": config.num_negatives, "diversity_loss_weight": config.diversity_loss_weight,
-                         "crop (s)": data_args.max_train_crop_s},
+        hyperparameters={
+            "mask_time_prob": config.mask_time_prob,
+            "mask_time_length": config.mask_time_length,
+            "num_negatives": config.num_negatives,
+            "diversity_loss_weight": config.diversity_loss_weight,
+            "crop (s)": data_args.max_train_crop_s,
+        },
         tags=["wav2vec2", "contrastive-learning"],
     )
     first, last = result.first_metrics, result.last_metrics

@@ -26,10 +26,8 @@ def load_recipe(name):
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus_kwargs(tmp_path_factory):
-    import os
-
-    os.environ["HF_SPEECH_CL_CACHE"] = str(tmp_path_factory.mktemp("corpora"))
+def tiny_corpus_kwargs(corpus_cache_dir):
+    """A tiny synthetic-librispeech in the session's corpus cache (conftest points HF_SPEECH_CL_CACHE at it)."""
     return {"train_hours": 0.02, "eval_hours": 0.005, "train_speakers": 4, "eval_speakers": 2}
 
 

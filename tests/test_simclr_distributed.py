@@ -6,6 +6,7 @@ of one process over the concatenated global batch, and the DDP-averaged gradient
 gradient. With unequal slices (a short last batch on one process) every anchor still sees the global candidates.
 """
 
+import datetime
 import os
 import socket
 
@@ -65,7 +66,13 @@ def flat_grad(model: torch.nn.Module) -> torch.Tensor:
 
 def worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
         results = {}
         model = build_model()
@@ -91,6 +98,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         results["uneven_loss"] = uneven.loss
         results["uneven_anchors"] = 2 * (stop - start)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (that hung once)
     finally:
         dist.destroy_process_group()
 

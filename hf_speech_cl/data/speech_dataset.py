@@ -21,9 +21,13 @@ import torch
 
 from .audio import DEFAULT_SAMPLING_RATE, AudioDecodingError, audio_duration, decode_audio
 
-__all__ = ["DataStats", "SpeechDataset", "SpeechIterableDataset", "add_durations", "column_as_numpy"]
+__all__ = ["CROP_OFFSET", "DataStats", "SpeechDataset", "SpeechIterableDataset", "add_durations", "column_as_numpy"]
 
 logger = logging.getLogger(__name__)
+
+#: Name of the virtual column an item carries when it is in `keep_columns`: where the clip's crop starts in the
+#: decoded audio, in samples at the target rate (0 when not cropped). HuBERT cuts its frame labels with it.
+CROP_OFFSET = "crop_offset"
 
 #: Decode errors warned about one by one before further ones are only counted.
 _MAX_DECODE_WARNINGS = 20
@@ -172,7 +176,8 @@ class _ClipMaker:
             raise ValueError(f"min_input_samples must be >= 1, got {min_input_samples}")
         self.sampling_rate = sampling_rate
         self.audio_column = audio_column
-        self.keep_columns = tuple(keep_columns)
+        self.return_crop_offset = CROP_OFFSET in keep_columns
+        self.keep_columns = tuple(column for column in keep_columns if column != CROP_OFFSET)
         self.min_input_samples = min_input_samples
         self.min_samples = max(_to_samples(min_duration_s, sampling_rate, math.ceil), min_input_samples)
         self.max_samples = _to_samples(max_duration_s, sampling_rate, math.floor)
@@ -224,12 +229,16 @@ class _ClipMaker:
         if problem is not None:
             self.stats.increment(problem)
             return None
+        start = 0
         if self.crop_samples is not None and len(waveform) > self.crop_samples:
             # fairseq RawAudioDataset.crop_to_max_size: a uniformly drawn window of the maximum size.
             start = int(np.random.default_rng(list(rng_key)).integers(0, len(waveform) - self.crop_samples + 1))
             waveform = waveform[start : start + self.crop_samples]
             self.stats.increment("cropped")
-        return {"input_values": waveform, **{column: row[column] for column in self.keep_columns}}
+        clip = {"input_values": waveform, **{column: row[column] for column in self.keep_columns}}
+        if self.return_crop_offset:
+            clip[CROP_OFFSET] = start
+        return clip
 
 
 def _check_columns(column_names: Sequence[str] | None, audio_column: str, keep_columns: Sequence[str]) -> None:
@@ -267,7 +276,8 @@ class SpeechDataset(torch.utils.data.Dataset, _ClipMaker):
         dataset: a `datasets.Dataset` with an audio column (`datasets.Audio`, a path string, or decoded dicts).
         sampling_rate: target rate in Hz (the feature extractor's `sampling_rate`).
         audio_column: name of the audio column.
-        keep_columns: columns passed through in each item (e.g. `text`, `label`, `speaker_id`, `id`).
+        keep_columns: columns passed through in each item (e.g. `text`, `label`, `speaker_id`, `id`), and the
+            virtual column `CROP_OFFSET` (`"crop_offset"`): the crop's start in samples (0 when not cropped).
         min_duration_s: shortest clip kept, in seconds.
         max_duration_s: longest clip kept, in seconds (`None`: no limit). Applied before cropping.
         min_input_samples: shortest clip kept, in samples; pass `min_input_samples(config)` (the encoder's

@@ -4,6 +4,7 @@ fairseq's `examples/hubert/simple_kmeans/` (dump features → learn k-means → 
 `measure_teacher_quality.py`, on `datasets` and a `HubertPseudoLabeler` checkpoint that reproduces the labels.
 """
 
+from .collator import CROP_OFFSET_COLUMN, DataCollatorForHubertPretraining
 from .features import (
     FeatureStore,
     FeatureStoreWriter,
@@ -51,7 +52,9 @@ from .stages import (
 )
 
 __all__ = [
+    "CROP_OFFSET_COLUMN",
     "LABELS_COLUMN",
+    "DataCollatorForHubertPretraining",
     "FeatureStore",
     "FeatureStoreWriter",
     "KMeansResult",

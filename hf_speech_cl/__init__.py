@@ -5,6 +5,8 @@ Importing the package registers its model types (`simclr_audio`, `hubert_pretrai
 """
 
 from .models import (
+    CTCProbeConfig,
+    CTCProbeForCTC,
     HubertForPreTraining,
     HubertPretrainingConfig,
     HubertPseudoLabeler,
@@ -20,6 +22,8 @@ __version__ = "0.1.0"
 register_auto_classes()
 
 __all__ = [
+    "CTCProbeConfig",
+    "CTCProbeForCTC",
     "HubertForPreTraining",
     "HubertPretrainingConfig",
     "HubertPseudoLabeler",

@@ -1,0 +1,165 @@
+"""The end of every fine-tuning recipe: save model + processor atomically, write the model card, push to the Hub.
+
+The counterpart of `hf_speech_cl.training.finalize_pretraining`, through the same shared pieces
+(`save_pretrained_atomic`, `write_model_card` with `model_cards/finetuning.md`, `push_folder_to_hub`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..training import push_folder_to_hub, save_pretrained_atomic, write_model_card
+from ..training.checkpointing import atomic_write_text
+
+__all__ = ["finalize_finetuning", "format_metric"]
+
+
+def format_metric(value: Any) -> str:
+    """Numbers to 4 significant digits, the rest as text ('' for None)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _results_table(metrics: dict[str, dict[str, float]], names: Sequence[str]) -> tuple[list[str], list[dict]]:
+    splits = [split for split in metrics if metrics[split]]
+    rows = [
+        {"name": name, "values": [format_metric(metrics[split].get(name)) for split in splits]}
+        for name in names
+        if any(name in metrics[split] for split in splits)
+    ]
+    return splits, rows
+
+
+def finalize_finetuning(
+    *,
+    accelerator: Any,
+    model: Any,
+    result: Any,
+    args: Any,
+    savables: tuple[Any, ...],
+    task_name: str,
+    task_description: str,
+    mode_description: str,
+    pipeline_tag: str,
+    recipe: str,
+    base_model: str | None,
+    base_model_type: str | None,
+    dataset: str,
+    train_split: str,
+    dataset_note: str | None,
+    train_minutes: float,
+    num_train_utterances: int,
+    eval_splits: list[dict[str, Any]],
+    metrics: dict[str, dict[str, float]],
+    metric_names: Sequence[str],
+    hyperparameters: dict[str, Any],
+    usage: str,
+    command: str,
+    citation: str,
+    subset_description: str | None = None,
+    label_names: Sequence[str] | None = None,
+    vocabulary: Sequence[str] | None = None,
+    examples: list[dict[str, str]] | None = None,
+    examples_split: str | None = None,
+    confusion_matrix: str | None = None,
+    confusion_matrix_split: str | None = None,
+    tags: Sequence[str] = (),
+) -> Path:
+    """Save the fine-tuned model and its processor, write its card and `all_results.json`, push if asked.
+
+    Runs the writing on the main process only and synchronises the others.
+
+    Args:
+        accelerator, model, result, args: the run's `Accelerator`, the (prepared) model, the `TrainResult` and the
+            `PretrainingArguments` (`output_dir`, `push_to_hub`, `hub_model_id`, ...).
+        savables: saved next to the model (the `Wav2Vec2Processor`, or the feature extractor).
+        task_name: a short name for the card (e.g. "speech recognition (CTC)").
+        metrics: `{split: {metric name: value}}` (values without the split prefix), e.g.
+            `{"validation": {"wer": 0.3}, "test": {"wer": 0.31}}`; `metric_names` picks the rows and their order.
+        The other arguments fill the template `model_cards/finetuning.md` (see there).
+
+    Returns:
+        The output folder.
+    """
+    output_dir = Path(args.output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_pretrained_atomic(output_dir, accelerator.unwrap_model(model), *savables)
+        all_results = {
+            "global_step": result.global_step,
+            "wall_time_s": result.wall_time_s,
+            "train_loss": result.last_metrics.get("loss"),
+            **{f"{split}_{name}": value for split, values in metrics.items() for name, value in values.items()},
+        }
+        atomic_write_text(output_dir / "all_results.json", json.dumps(all_results, indent=2, default=float))
+        splits, rows = _results_table(metrics, metric_names)
+        hardware = f"{accelerator.num_processes} x {accelerator.device.type}"
+        if accelerator.device.type == "cpu":
+            hardware += f" ({os.cpu_count()} cores)"
+        hparams = {
+            "updates": result.global_step,
+            "clips per device per update": args.per_device_train_batch_size * args.gradient_accumulation_steps,
+            "processes": accelerator.num_processes,
+            "peak learning rate": args.learning_rate,
+            "warm-up updates": args.num_warmup_steps,
+            "schedule": args.lr_scheduler_type,
+            "optimizer": f"AdamW (betas {args.adam_beta1}, {args.adam_beta2}; eps {args.adam_epsilon}; "
+            f"weight decay {args.weight_decay})",
+            "gradient clipping": args.max_grad_norm,
+            "mixed precision": accelerator.mixed_precision,
+            "seed": args.seed,
+            **hyperparameters,
+        }
+        card_data = {
+            "license": "apache-2.0",
+            "library_name": "transformers",
+            "pipeline_tag": pipeline_tag,
+            "tags": ["audio", "speech", "hf_speech_cl", *tags],
+            "datasets": [dataset] if "/" in dataset and not os.path.isdir(dataset) else None,
+            "base_model": base_model if base_model and "/" in base_model and not os.path.isdir(base_model) else None,
+        }
+        write_model_card(
+            output_dir,
+            "finetuning",
+            card_data,
+            model_name=args.hub_model_id or output_dir.name,
+            task_name=task_name,
+            task_description=task_description,
+            mode_description=mode_description,
+            recipe=recipe,
+            base_model=base_model,
+            base_model_type=base_model_type,
+            dataset=dataset,
+            train_split=train_split,
+            dataset_note=dataset_note,
+            train_minutes=train_minutes,
+            num_train_utterances=num_train_utterances,
+            subset_description=subset_description,
+            eval_splits=eval_splits,
+            label_names=list(label_names or []),
+            vocabulary=list(vocabulary or []),
+            result_splits=splits,
+            results=rows,
+            confusion_matrix=confusion_matrix,
+            confusion_matrix_split=confusion_matrix_split,
+            examples=examples or [],
+            examples_split=examples_split,
+            wall_time_s=result.wall_time_s,
+            steps=result.global_step,
+            hardware=hardware,
+            hyperparameters=hparams,
+            usage=usage,
+            command=command,
+            citation=citation,
+        )
+        if args.push_to_hub:
+            push_folder_to_hub(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    accelerator.wait_for_everyone()
+    return output_dir

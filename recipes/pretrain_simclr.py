@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         max_steps=300,
         per_device_train_batch_size=8,
         learning_rate=5e-4,
-        max_train_crop_s=3.0,
+        max_train_crop_s=2.0,  # 300 updates in < 10 min with the one thread `accelerate launch` gives a CPU run
         save_steps=100,
         logging_steps=10,
     )

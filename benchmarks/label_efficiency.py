@@ -1,0 +1,856 @@
+#!/usr/bin/env python
+"""Label efficiency: how much each pretraining objective helps when only 10 minutes or 1 hour of labels exist.
+
+One backbone (`--model_size` of the preset) and one pretraining budget (the same number of updates, clips per update
+and crop length, so the same audio hours) for five starting points:
+
+- `none`: a randomly initialised encoder (the no-pretraining baseline);
+- `simclr-utterance`, `simclr-frame`: `recipes/pretrain_simclr.py --granularity utterance|frame`;
+- `wav2vec2`: `recipes/pretrain_wav2vec2.py`;
+- `hubert`: `recipes/pretrain_hubert.py --iterations 2`; its budget of U updates is split evenly over the two
+  iterations (U/2 on MFCC k-means labels, U/2 on labels from the iteration-1 model; paper §IV-C trains each iteration
+  from scratch too), plus the labelling stages, which the other objectives do not need.
+
+Each objective keeps its recipe's own peak learning rate (SimCLR 5e-4, wav2vec 2.0 1e-3, HuBERT 5e-4) and warm-up.
+Then, per objective and seed:
+
+- speech recognition: `recipes/finetune_asr.py` (full fine-tuning, CTC on characters, the recipe's fairseq-style
+  low-resource defaults: frozen feature encoder, encoder frozen for the first quarter of the updates, SpecAugment)
+  on a speaker-balanced subset of 10 minutes and of 60 minutes of the `synthetic-librispeech` train split (the
+  seed chooses the subset; with one seed the 10-minute subset lies inside the 60-minute one). Reported: test WER
+  and CER (greedy decoding, no language model). The test split has speakers and sentences no training split has.
+- keyword spotting (`synthetic-speech-commands`, 12 classes) and prosody (`synthetic-prosody`, 4 classes):
+  `recipes/finetune_audio_classification.py --probe` on the whole train split. The probe is the SUPERB protocol
+  (Yang et al. 2021): the encoder frozen, only a softmax-weighted sum of its layers and the classifier train. Chosen
+  over full fine-tuning because it measures what pretraining put into the representation rather than what the
+  fine-tuning adds, and because the frozen encoder needs no backward pass (cheap enough for both seeds on CPU).
+
+Every number is reported per seed, with the mean, the sample standard deviation and the range over the seeds. The
+target of the project: the best pretrained model at 10 minutes of labels reaches a test WER at least 30% lower
+(relative) than no pretraining with the same 10 minutes. The report says whether it did, and the same for CER; it is
+honest either way.
+
+Every sub-run writes into `--runs_dir/<preset>/<name>/` and, when it finishes, `benchmark_run.json` there; a rerun
+skips every sub-run that has it, so an interrupted benchmark resumes (an interrupted sub-run resumes from its newest
+checkpoint, through the recipes' own resume). Results: `benchmarks/results/label_efficiency.json`, `.md` (the table
+the README shows) and `.png` (test WER and CER against labeled minutes, one line per objective) for `--preset cpu`;
+`label_efficiency_{preset}.*` for the other presets.
+
+Presets (`--preset`):
+
+- `smoke`: tiny corpora (`TINY_PARAMS`), a handful of updates; checks the orchestration end to end in minutes.
+- `cpu`: the `tiny` encoder on the default corpora; fits in 60 minutes on 2 CPU cores (budget below).
+- `gpu`: the `small` encoder (5 M parameters), 10 h of synthetic speech, 10k pretraining updates of 32 x 4 s, 3000
+  ASR updates, bf16, 3 seeds; needs CUDA. Not run on a GPU when written: a starting point, not a measured budget.
+
+Budget of `--preset cpu`. Measured 2026-11-21 on the 2-core AMD EPYC machine with 1 torch thread, under load from
+other jobs (1-minute load 3.3-4.7, so wall times were up to 1.5x the CPU times; CPU seconds are the single-core cost):
+
+    sub-run (cpu preset sizes)                                   CPU s each   count   CPU s
+    pretrain wav2vec 2.0: 250 updates x 8 clips x 2 s crops      171 (real)       1     171
+    pretrain SimCLR utterance / frame (2 views; 1.65x / 1.57x
+      wav2vec 2.0 per update, 10-update probes at 2 s crops)     282 / 270        2     552
+    pretrain HuBERT: 2 x 125 updates + labels (MFCC k-means
+      37 s wall, iteration-2 features of the 2 h split 133 s)    ~306             1     306
+    ASR no pretraining, 150 updates x 8 (feature encoder trains,
+      ~1.3 CPU s/update) + test decoding                         ~190             4     760
+    ASR from a pretrained encoder, 150 updates x 8 (feature
+      encoder frozen) + test decoding (266 utterances)           72 (real)       16    1152
+    keyword-spotting probe, 150 updates x 8 (1-s clips)          17 (real)       10     170
+    prosody probe, 150 updates x 8                               32 (real)       10     320
+    total                                                                              3431 = 57 min on 1 core
+
+Two quiet cores run this 1.3x (thread scaling of small convolutions) to 2x (ENV.md: wav2vec 2.0 step at 48 audio-s/s
+on 2 quiet cores vs 24 measured here on 1) faster: 29-44 min, plus ~5 min to synthesize the three corpora when they
+are not cached yet (speech commands 70 s, prosody 54 s, LibriSpeech 2.5 h ~150 s with 2 workers). On a machine other
+jobs load, pass `--torch_threads 1`: two threads then ran 2.8x slower than one. The log projects the end after every
+sub-run. At these sizes a 260-update fine-tune without pretraining was still in the CTC blank-only plateau (test CTC
+loss 2.94, every test utterance decoded empty, WER = CER = 1.0), so WER and CER may well be 100% for every objective;
+the report then still ranks them by the test CTC loss per character, which moves first.
+
+Examples:
+    python benchmarks/label_efficiency.py --preset cpu
+    python benchmarks/label_efficiency.py --preset smoke --objectives none,wav2vec2 --tasks asr
+    python benchmarks/label_efficiency.py --preset cpu --report_only      # rebuild the report from finished runs
+    python benchmarks/label_efficiency.py --preset gpu                    # on a machine with a CUDA GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import importlib.util
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from common import RESULTS_DIR, hardware_info, write_results  # noqa: E402
+
+__all__ = ["OBJECTIVES", "PRESETS", "TASKS", "Preset", "SubRun", "main", "plan_runs", "summarize"]
+
+logger = logging.getLogger("label_efficiency")
+
+RUN_RECORD = "benchmark_run.json"
+LIBRISPEECH, SPEECH_COMMANDS, PROSODY = "synthetic-librispeech", "synthetic-speech-commands", "synthetic-prosody"
+
+#: Objective name -> (pretraining recipe, its extra flags); `none` is the no-pretraining baseline.
+OBJECTIVES: dict[str, tuple[str, list[str]] | None] = {
+    "none": None,
+    "simclr-utterance": ("pretrain_simclr", ["--granularity", "utterance"]),
+    "simclr-frame": ("pretrain_simclr", ["--granularity", "frame"]),
+    "wav2vec2": ("pretrain_wav2vec2", []),
+    "hubert": ("pretrain_hubert", ["--iterations", "2"]),
+}
+#: Downstream task -> (recipe, its task flags, corpus). Reported: test WER/CER/CTC loss (asr), accuracy/macro-F1.
+TASKS: dict[str, tuple[str, list[str], str]] = {
+    "asr": ("finetune_asr", [], LIBRISPEECH),
+    "keyword_spotting": ("finetune_audio_classification", ["--task", "keyword_spotting", "--probe"], SPEECH_COMMANDS),
+    "prosody": ("finetune_audio_classification", ["--task", "emotion_recognition", "--probe"], PROSODY),
+}
+TARGET_RELATIVE_REDUCTION = 0.30  # the project's target: >= 30% lower relative test WER at 10 minutes of labels
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one benchmark configuration. Durations in seconds, label amounts in minutes.
+
+    Attributes:
+        description: one line for the report.
+        model_size: encoder preset of every model (`hf_speech_cl.presets`: tiny, small, base).
+        corpus_kwargs: size parameters per offline corpus (`--dataset_kwargs`); empty = the corpus defaults.
+        pretrain_updates: optimizer updates per objective (HuBERT: split evenly over its 2 iterations).
+        pretrain_batch_size: clips per update (SimCLR turns each into two augmented views).
+        pretrain_crop_s: random crop of every pretraining clip, the same for every objective (the recipes' defaults
+            differ: 3 s SimCLR, 4 s the others). The cpu preset uses 2 s: twice the updates per CPU second at 4 s
+            (SimCLR's frame-level NT-Xent even grows with the square of the frames); COLA (Saeed et al. 2021)
+            contrasts ~1 s segments.
+        pretrain_eval_samples: validation clips each pretraining scores at its end (loss, accuracy; cheap).
+        label_minutes: labeled minutes of the ASR fine-tunes (Libri-light's 10 min and 1 h).
+        asr_updates / asr_batch_size: updates and clips per update of every ASR fine-tune (same for every label
+            amount, as fairseq's base_10m/base_1h configs use 13k updates for both).
+        cls_updates / cls_batch_size: the same for the keyword-spotting and prosody probes.
+        seeds: fine-tuning seeds (each also draws the labeled subset). Pretraining uses `pretrain_seed`.
+        pretrain_seed: seed of every pretraining run.
+        mixed_precision: `bf16` on GPU, None on CPU (fp32).
+        dataloader_num_workers: audio-decoding worker processes per data loader.
+        eval_batch_size: clips per test batch.
+        logging_steps: logging interval of the recipes (updates).
+        needs_cuda: refuse to run without a CUDA device.
+        hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora).
+        asr_flags: extra flags of every `recipes/finetune_asr.py` run.
+    """
+
+    description: str
+    model_size: str
+    corpus_kwargs: dict[str, dict[str, Any]]
+    pretrain_updates: int
+    pretrain_batch_size: int
+    pretrain_crop_s: float
+    pretrain_eval_samples: int
+    label_minutes: tuple[float, ...]
+    asr_updates: int
+    asr_batch_size: int
+    cls_updates: int
+    cls_batch_size: int
+    seeds: tuple[int, ...]
+    pretrain_seed: int = 0
+    mixed_precision: str | None = None
+    dataloader_num_workers: int = 0
+    eval_batch_size: int = 16
+    logging_steps: int = 10
+    needs_cuda: bool = False
+    hubert_flags: tuple[str, ...] = ()
+    asr_flags: tuple[str, ...] = ()
+
+
+def _tiny_params() -> dict[str, dict[str, Any]]:
+    from hf_speech_cl.data.synthetic import TINY_PARAMS
+
+    return {name: dict(params) for name, params in TINY_PARAMS.items()}
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        description="orchestration check: tiny corpora, tiny encoder, a handful of updates (numbers meaningless)",
+        model_size="tiny",
+        corpus_kwargs=_tiny_params(),
+        pretrain_updates=2,
+        pretrain_batch_size=4,
+        pretrain_crop_s=1.5,
+        pretrain_eval_samples=4,
+        label_minutes=(0.5, 1.0),
+        asr_updates=2,
+        asr_batch_size=2,
+        cls_updates=2,
+        cls_batch_size=8,
+        seeds=(0, 1),
+        eval_batch_size=8,
+        logging_steps=1,
+        hubert_flags=("--num_clusters", "10,20", "--kmeans_sample_fraction", "1.0"),
+    ),
+    "cpu": Preset(
+        description="tiny encoder (<1 M parameters), default offline corpora (2 h of synthetic speech), 2 CPU cores",
+        model_size="tiny",
+        corpus_kwargs={},
+        pretrain_updates=250,
+        pretrain_batch_size=8,
+        pretrain_crop_s=2.0,
+        pretrain_eval_samples=64,
+        label_minutes=(10.0, 60.0),
+        asr_updates=150,
+        asr_batch_size=8,
+        cls_updates=150,
+        cls_batch_size=8,
+        seeds=(0, 1),
+    ),
+    "gpu": Preset(
+        description="small encoder (5 M parameters), 10 h of synthetic speech, bf16 on one CUDA GPU",
+        model_size="small",
+        corpus_kwargs={LIBRISPEECH: {"train_hours": 10.0}},
+        pretrain_updates=10_000,
+        pretrain_batch_size=32,
+        pretrain_crop_s=4.0,
+        pretrain_eval_samples=256,
+        label_minutes=(10.0, 60.0),
+        asr_updates=3000,
+        asr_batch_size=8,
+        cls_updates=1000,
+        cls_batch_size=32,
+        seeds=(0, 1, 2),
+        mixed_precision="bf16",
+        dataloader_num_workers=4,
+        eval_batch_size=32,
+        logging_steps=50,
+        needs_cuda=True,
+    ),
+}
+
+
+@dataclass
+class SubRun:
+    """One recipe call. `argv` is a template: `{out}` is the sub-run's folder, `{runs}` the preset's runs folder."""
+
+    name: str
+    kind: str  # "pretrain" or a key of TASKS
+    objective: str
+    recipe: str
+    argv: list[str]
+    seed: int | None = None
+    label_minutes: float | None = None
+    depends_on: str | None = None
+
+    def resolved_argv(self, runs_dir: Path) -> list[str]:
+        out = runs_dir / self.name
+        return [a.replace("{out}", str(out)).replace("{runs}", str(runs_dir)) for a in self.argv]
+
+
+@dataclass
+class RunRecord:
+    """What `benchmark_run.json` holds for a finished sub-run."""
+
+    name: str
+    kind: str
+    objective: str
+    recipe: str
+    argv: list[str]
+    seed: int | None
+    label_minutes: float | None
+    metrics: dict[str, Any]
+    wall_time_s: float
+    finished_at: str
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------- the plan
+def _dataset_kwargs(preset: Preset, corpus: str) -> list[str]:
+    kwargs = preset.corpus_kwargs.get(corpus)
+    return ["--dataset_kwargs", json.dumps(kwargs, sort_keys=True)] if kwargs else []
+
+
+def _common(preset: Preset, updates: int, seed: int, save_every: int) -> list[str]:
+    argv = [
+        "--output_dir", "{out}",
+        "--model_size", preset.model_size,
+        "--max_steps", str(updates),
+        "--seed", str(seed),
+        "--logging_steps", str(min(preset.logging_steps, updates)),
+        "--save_steps", str(max(1, save_every)),
+        "--dataloader_num_workers", str(preset.dataloader_num_workers),
+    ]  # fmt: skip
+    if preset.mixed_precision:
+        argv += ["--mixed_precision", preset.mixed_precision]
+    return argv
+
+
+def pretraining_run(preset: Preset, objective: str) -> SubRun:
+    recipe, flags = OBJECTIVES[objective]
+    updates = preset.pretrain_updates
+    if objective == "hubert":  # the budget is split over the two iterations: --max_steps counts per iteration
+        updates = max(1, updates // 2)
+        flags = [*flags, *preset.hubert_flags]
+    argv = [
+        *_common(preset, updates, preset.pretrain_seed, updates // 4),
+        *flags,
+        "--per_device_train_batch_size", str(preset.pretrain_batch_size),
+        "--max_train_crop_s", str(preset.pretrain_crop_s),
+        "--max_eval_samples", str(preset.pretrain_eval_samples),
+        *_dataset_kwargs(preset, LIBRISPEECH),
+    ]  # fmt: skip
+    return SubRun(name=f"pretrain-{objective}", kind="pretrain", objective=objective, recipe=recipe, argv=argv)
+
+
+def finetuning_run(preset: Preset, objective: str, task: str, seed: int, minutes: float | None = None) -> SubRun:
+    recipe, flags, corpus = TASKS[task]
+    pretrained = OBJECTIVES[objective] is not None
+    source = f"{{runs}}/pretrain-{objective}" if pretrained else "none"
+    if task == "asr":
+        updates, batch = preset.asr_updates, preset.asr_batch_size
+        name = f"asr-{objective}-{minutes:g}min-seed{seed}"
+        flags = [*flags, *preset.asr_flags, "--train_minutes", f"{minutes:g}", "--num_examples", "3"]
+    else:
+        updates, batch = preset.cls_updates, preset.cls_batch_size
+        name = f"{task.replace('_', '-')}-{objective}-seed{seed}"
+    argv = [
+        *_common(preset, updates, seed, updates // 2),
+        *flags,
+        "--model_name_or_path", source,
+        "--per_device_train_batch_size", str(batch),
+        "--eval_batch_size", str(preset.eval_batch_size),
+        "--eval_split", "none",  # no model selection: the last update is scored on the test split
+        *_dataset_kwargs(preset, corpus),
+    ]  # fmt: skip
+    return SubRun(
+        name=name,
+        kind=task,
+        objective=objective,
+        recipe=recipe,
+        argv=argv,
+        seed=seed,
+        label_minutes=minutes,
+        depends_on=f"pretrain-{objective}" if pretrained else None,
+    )
+
+
+def plan_runs(preset: Preset, objectives: list[str], tasks: list[str], seeds: list[int]) -> list[SubRun]:
+    """Every sub-run, pretraining first (the fine-tunes need its output), each task's runs grouped."""
+    runs = [pretraining_run(preset, o) for o in objectives if OBJECTIVES[o] is not None]
+    for task in tasks:
+        for objective in objectives:
+            for seed in seeds:
+                if task == "asr":
+                    runs += [finetuning_run(preset, objective, task, seed, m) for m in preset.label_minutes]
+                else:
+                    runs.append(finetuning_run(preset, objective, task, seed))
+    return runs
+
+
+# -------------------------------------------------------------------------------------------------- running
+_RECIPES: dict[str, Any] = {}
+
+
+def load_recipe(name: str):
+    """`recipes/{name}.py` as a module (loaded once), to call its `main(argv)` in this process."""
+    if name not in _RECIPES:
+        spec = importlib.util.spec_from_file_location(f"recipes_{name}", ROOT / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        _RECIPES[name] = module
+    return _RECIPES[name]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _pretraining_summary(out: Path) -> dict[str, Any]:
+    """Updates, audio seen and training time of a pretraining output (HuBERT: summed over its iterations)."""
+    results = [_read_json(p) for p in sorted(out.glob("iteration-*/model/train_results.json"))]
+    if not results:
+        results = [_read_json(out / "train_results.json")]
+    return {
+        "updates": sum(r.get("global_step", 0) for r in results),
+        "audio_hours": sum(r.get("audio_seconds", 0.0) for r in results) / 3600,
+        "train_wall_time_s": sum(r.get("wall_time_s", 0.0) for r in results),
+        "nonfinite_updates": sum(r.get("nonfinite_updates", 0) for r in results),
+        "first_metrics": [r.get("first_metrics", {}) for r in results],
+        "last_metrics": [r.get("last_metrics", {}) for r in results],
+        "eval_metrics": [r.get("eval_metrics", {}) for r in results],
+    }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def execute(run: SubRun, runs_dir: Path, *, keep_checkpoints: bool = False) -> RunRecord:
+    """Run `run` through its recipe's `main(argv)` unless its record exists; return the record.
+
+    Raises:
+        ValueError: the folder holds a finished run made with other arguments (the preset changed).
+    """
+    out = runs_dir / run.name
+    record_path = out / RUN_RECORD
+    if record_path.is_file():
+        record = RunRecord(**json.loads(record_path.read_text()))
+        if record.argv != run.argv:
+            raise ValueError(
+                f"{out} holds a finished run made with other arguments:\n  then: {shlex.join(record.argv)}\n  now:  "
+                f"{shlex.join(run.argv)}\nDelete the folder to redo it, or pass another --runs_dir."
+            )
+        logger.info("%s: finished before (%.0f s), skipped", run.name, record.wall_time_s)
+        return record
+    argv = run.resolved_argv(runs_dir)
+    logger.info("%s: %s %s", run.name, run.recipe, shlex.join(argv))
+    start = time.perf_counter()
+    summary = load_recipe(run.recipe).main(argv)
+    wall = time.perf_counter() - start
+    if run.kind == "pretrain":
+        train = _pretraining_summary(out)
+        metrics: dict[str, Any] = {}
+    else:
+        train = _read_json(out / "train_results.json")
+        metrics = {k: v for k, v in (summary or {}).items() if isinstance(v, int | float)}
+    record = RunRecord(
+        name=run.name,
+        kind=run.kind,
+        objective=run.objective,
+        recipe=run.recipe,
+        argv=run.argv,
+        seed=run.seed,
+        label_minutes=run.label_minutes,
+        metrics=metrics,
+        wall_time_s=round(wall, 2),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        train=train,
+    )
+    _atomic_write(record_path, json.dumps(dataclasses.asdict(record), indent=2, default=float))
+    if not keep_checkpoints:  # the final model stays; resumable state is only needed while the run is unfinished
+        for checkpoint in [*out.glob("checkpoint-*"), *out.glob("iteration-*/model/checkpoint-*")]:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    logger.info("%s: done in %.0f s %s", run.name, wall, {k: round(v, 4) for k, v in metrics.items()})
+    gc.collect()  # the next recipe builds its own model and optimizer in this process
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return record
+
+
+def build_corpora(preset: Preset, tasks: list[str]) -> dict[str, float]:
+    """Build (or find) the offline corpora the runs need, before any timing; seconds each took."""
+    from hf_speech_cl.data.synthetic import load_corpus
+
+    seconds = {}
+    for corpus in dict.fromkeys([LIBRISPEECH, *(TASKS[t][2] for t in tasks)]):
+        start = time.perf_counter()
+        load_corpus(corpus, **preset.corpus_kwargs.get(corpus, {}))
+        seconds[corpus] = round(time.perf_counter() - start, 2)
+        logger.info("corpus %s ready in %.1f s", corpus, seconds[corpus])
+    return seconds
+
+
+_SECONDS_BY_KIND: dict[str, list[float]] = {}
+
+
+def log_projection(record: RunRecord, remaining: list[SubRun], elapsed_s: float) -> None:
+    """Log the projected end of the benchmark: each remaining sub-run costs the mean of the finished ones of its kind
+    (`asr` split by pretrained or not: without pretraining the feature encoder trains too, ~3x the cost)."""
+
+    def kind(kind: str, objective: str) -> str:
+        return f"{kind}-{'none' if objective == 'none' else 'pretrained'}" if kind == "asr" else kind
+
+    _SECONDS_BY_KIND.setdefault(kind(record.kind, record.objective), []).append(record.wall_time_s)
+    known = {k: statistics.fmean(v) for k, v in _SECONDS_BY_KIND.items()}
+    fallback = statistics.fmean([s for v in _SECONDS_BY_KIND.values() for s in v])
+    left = sum(known.get(kind(r.kind, r.objective), fallback) for r in remaining)
+    logger.info(
+        "elapsed %.1f min; %d sub-runs left, projected %.1f min more (total %.1f min)",
+        elapsed_s / 60, len(remaining), left / 60, (elapsed_s + left) / 60,
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------------- reporting
+def _spread(values: dict[int, float]) -> dict[str, Any]:
+    """Mean, sample standard deviation, min and max of per-seed `values` (std None with one seed)."""
+    xs = [v for v in values.values() if v is not None and math.isfinite(v)]
+    if not xs:
+        return {"mean": None, "std": None, "min": None, "max": None, "per_seed": values}
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else None,
+        "min": min(xs),
+        "max": max(xs),
+        "per_seed": {str(k): v for k, v in values.items()},
+    }
+
+
+def summarize(records: list[RunRecord], objectives: list[str], label_minutes: tuple[float, ...]) -> dict[str, Any]:
+    """Per objective: pretraining budget spent, ASR WER/CER per labeled minutes, keyword and prosody accuracy (each
+    as `_spread` over seeds); and whether the target was met at the smallest label amount."""
+    by_objective: dict[str, Any] = {}
+    for objective in objectives:
+        mine = [r for r in records if r.objective == objective]
+        entry: dict[str, Any] = {"pretraining": None, "asr": {}, "keyword_spotting": None, "prosody": None}
+        for r in mine:
+            if r.kind == "pretrain":
+                entry["pretraining"] = {
+                    k: r.train.get(k) for k in ("updates", "audio_hours", "train_wall_time_s", "nonfinite_updates")
+                } | {"wall_time_s": r.wall_time_s}
+        for minutes in label_minutes:
+            runs = [r for r in mine if r.kind == "asr" and r.label_minutes == minutes]
+            if runs:
+                entry["asr"][f"{minutes:g}"] = {
+                    metric: _spread({r.seed: r.metrics.get(f"test_{metric}") for r in runs})
+                    for metric in ("wer", "cer", "loss", "blank_fraction")
+                }
+        for task in ("keyword_spotting", "prosody"):
+            runs = [r for r in mine if r.kind == task]
+            if runs:
+                entry[task] = {
+                    m: _spread({r.seed: r.metrics.get(f"test_{m}") for r in runs}) for m in ("accuracy", "macro_f1")
+                }
+        by_objective[objective] = entry
+    return {"objectives": by_objective, "target": _target(by_objective, label_minutes)}
+
+
+def _target(by_objective: dict[str, Any], label_minutes: tuple[float, ...]) -> dict[str, Any]:
+    """Relative reduction of mean test WER (and CER) of the best pretrained objective against `none` at the
+    smallest label amount."""
+    key = f"{min(label_minutes):g}"
+
+    def mean(objective: str, metric: str) -> float | None:
+        return ((by_objective.get(objective) or {}).get("asr", {}).get(key) or {}).get(metric, {}).get("mean")
+
+    result: dict[str, Any] = {
+        "label_minutes": min(label_minutes),
+        "required_relative_reduction": TARGET_RELATIVE_REDUCTION,
+    }
+    for metric in ("wer", "cer"):
+        baseline = mean("none", metric)
+        candidates = {o: mean(o, metric) for o in by_objective if o != "none" and mean(o, metric) is not None}
+        if baseline is None or not candidates:
+            result[metric] = None
+            continue
+        # ties (e.g. every model still at WER 1.0) are broken by the lower test CTC loss
+        best = min(candidates, key=lambda o: (candidates[o], mean(o, "loss") or math.inf))
+        reduction = (baseline - candidates[best]) / baseline if baseline > 0 else 0.0
+        result[metric] = {
+            "baseline": baseline,
+            "best_objective": best,
+            "best": candidates[best],
+            "relative_reduction": reduction,
+            "met": reduction >= TARGET_RELATIVE_REDUCTION,
+        }
+    return result
+
+
+def _fmt(spread: dict[str, Any] | None, scale: float = 1.0, digits: int = 1) -> str:
+    """`mean ± std` of a `_spread` (just the mean with one seed, `–` when missing)."""
+    if not spread or spread.get("mean") is None:
+        return "–"
+    text = f"{spread['mean'] * scale:.{digits}f}"
+    if spread.get("std") is not None:
+        text += f" ± {spread['std'] * scale:.{digits}f}"
+    return text
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    """The README's table: mean ± sample std over seeds, in percent."""
+    summary, preset = payload["summary"], payload["preset_settings"]
+    minutes = [f"{m:g}" for m in preset["label_minutes"]]
+    head = ["objective", "pretraining (updates / audio h)"]
+    head += [f"{name} {m} min" for m in minutes for name in ("WER", "CER")] + ["keyword acc.", "prosody acc."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for objective, entry in summary["objectives"].items():
+        pre = entry["pretraining"]
+        cells = [f"`{objective}`", f"{pre['updates']} / {pre['audio_hours']:.2f}" if pre else "–"]
+        for m in minutes:
+            asr = entry["asr"].get(m, {})
+            cells += [_fmt(asr.get("wer"), 100), _fmt(asr.get("cer"), 100)]
+        cells += [_fmt((entry["keyword_spotting"] or {}).get("accuracy"), 100)]
+        cells += [_fmt((entry["prosody"] or {}).get("accuracy"), 100)]
+        lines.append("| " + " | ".join(cells) + " |")
+    # Greedy CTC output stays empty (WER = CER = 100%) until a model leaves the blank-only plateau; the test CTC loss
+    # (per character) moves before that and still ranks the objectives.
+    loss_head = ["objective"] + [f"{name} {m} min" for m in minutes for name in ("CTC loss", "blank %")]
+    loss_lines = ["| " + " | ".join(loss_head) + " |", "|" + "---|" * len(loss_head)]
+    for objective, entry in summary["objectives"].items():
+        cells = [f"`{objective}`"]
+        for m in minutes:
+            asr = entry["asr"].get(m, {})
+            cells += [_fmt(asr.get("loss"), digits=3), _fmt(asr.get("blank_fraction"), 100, 0)]
+        loss_lines.append("| " + " | ".join(cells) + " |")
+    target = summary["target"]
+    verdicts = []
+    for metric in ("wer", "cer"):
+        t = target.get(metric)
+        if t:
+            verdicts.append(
+                f"{metric.upper()}: best pretrained `{t['best_objective']}` {100 * t['best']:.1f}% vs "
+                f"{100 * t['baseline']:.1f}% without pretraining = {100 * t['relative_reduction']:.0f}% relative "
+                f"reduction ({'met' if t['met'] else 'NOT met'})"
+            )
+    hw = payload["hardware"]
+    device = hw.get("gpu_name") or f"{hw.get('cpu_count')} x {hw.get('cpu_model')}"
+    seeds = ", ".join(str(s) for s in payload["seeds"])
+    return "\n".join(
+        [
+            f"# Label efficiency (`--preset {payload['preset']}`)",
+            "",
+            f"{preset_line(payload)}. Test split of the offline corpora (unseen speakers and sentences); mean ± "
+            f"sample standard deviation over seeds {seeds} (per-seed values in `{payload['name']}.json`), in %. "
+            "WER/CER: full CTC fine-tuning on the labeled minutes, greedy decoding, no language model. Keyword "
+            "spotting (12 classes) and prosody (4 classes): frozen-encoder probe (SUPERB), whole train split.",
+            "",
+            *lines,
+            "",
+            "Test CTC loss per character (lower is better; it moves before greedy decoding emits anything) and the "
+            "share of test utterances decoded as empty:",
+            "",
+            *loss_lines,
+            "",
+            f"Target (≥ {100 * TARGET_RELATIVE_REDUCTION:.0f}% lower relative test WER than no pretraining at "
+            f"{target['label_minutes']:g} minutes of labels): " + ("; ".join(verdicts) or "not measured") + ".",
+            "",
+            f"Hardware: {device}, torch {hw.get('torch')}, {hw.get('torch_threads')} torch thread(s). Sub-runs: "
+            f"{payload['timings']['sum_of_runs_s'] / 60:.1f} min in all (sum of their wall times); this invocation "
+            f"{payload['timings']['total_s'] / 60:.1f} min. Plot: `{payload['name']}.png`.",
+        ]
+    )
+
+
+def preset_line(payload: dict[str, Any]) -> str:
+    p = payload["preset_settings"]
+    return (
+        f"Encoder `{p['model_size']}`; every objective pretrained for {p['pretrain_updates']} updates of "
+        f"{p['pretrain_batch_size']} clips cropped to {p['pretrain_crop_s']:g} s (HuBERT: "
+        f"{p['pretrain_updates'] // 2} per iteration, 2 iterations); fine-tuning {p['asr_updates']} updates (ASR), "
+        f"{p['cls_updates']} (probes)"
+    )
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Test WER, CER and CTC loss (mean; error bars: std over seeds) against labeled minutes, one line per objective.
+
+    The CTC-loss panel is there because greedy decoding stays empty (WER = CER = 100%) until a model leaves CTC's
+    blank-only plateau, while the loss already separates the objectives."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = payload["preset_settings"]["label_minutes"]
+    panels = (
+        ("wer", "test WER (%)", 100.0),
+        ("cer", "test CER (%)", 100.0),
+        ("loss", "test CTC loss per character", 1.0),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4), constrained_layout=True)
+    for ax, (metric, label, scale) in zip(axes, panels, strict=True):
+        for objective, entry in payload["summary"]["objectives"].items():
+            points = [(m, entry["asr"].get(f"{m:g}", {}).get(metric)) for m in minutes]
+            points = [(m, s) for m, s in points if s and s.get("mean") is not None]
+            if not points:
+                continue
+            ax.errorbar(
+                [m for m, _ in points],
+                [scale * s["mean"] for _, s in points],
+                yerr=[scale * (s["std"] or 0.0) for _, s in points],
+                marker="o",
+                capsize=3,
+                label=objective,
+                linestyle="--" if objective == "none" else "-",
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
+        ax.minorticks_off()
+        ax.set_xlabel("labeled minutes")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(
+        f"Label efficiency ({payload['preset']} preset, {payload['preset_settings']['model_size']} encoder; "
+        f"mean ± std over seeds {', '.join(str(s) for s in payload['seeds'])})"
+    )
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu",
+        help="Sizes: smoke (tiny corpora, a few updates, minutes), cpu (tiny encoder, default corpora, <= 60 min on "
+        "2 cores), gpu (small encoder, 10 h corpus, bf16; needs CUDA). Default: cpu.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--objectives", default=",".join(OBJECTIVES),
+        help=f"Comma-separated subset of {', '.join(OBJECTIVES)} (development; the report needs `none` for the "
+        "target). Default: all.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tasks", default=",".join(TASKS),
+        help=f"Comma-separated subset of {', '.join(TASKS)} (development). Default: all.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seeds", default=None,
+        help="Comma-separated fine-tuning seeds; at least 2 for a spread. Default: the preset's (0,1; gpu 0,1,2).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--label_minutes", default=None,
+        help="Comma-separated labeled minutes of the ASR fine-tunes (development). Default: the preset's (10,60; "
+        "smoke 0.5,1).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runs_dir", type=Path, default=RESULTS_DIR / "label_efficiency_runs",
+        help="Folder of the sub-runs; each preset gets its own subfolder. Finished sub-runs there are skipped. "
+        "Default: benchmarks/results/label_efficiency_runs (git-ignored).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--results_dir", type=Path, default=RESULTS_DIR,
+        help="Where the JSON, markdown and PNG go. Default: benchmarks/results.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--results_name", default=None,
+        help="File stem of the results. Default: label_efficiency for the cpu preset, label_efficiency_{preset} "
+        "for the others.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--torch_threads", type=int, default=None,
+        help="torch.set_num_threads for every sub-run. Default: torch's (all cores). On a CPU machine that other "
+        "jobs share, 1 is faster: with 2 threads each update waits for the thread that was descheduled (measured "
+        "2.8x slower on a loaded 2-core machine).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report_only", action="store_true",
+        help="Run nothing: rebuild the JSON/markdown/PNG from the sub-runs that finished.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dry_run", action="store_true", help="Print every sub-run's recipe command and exit.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep_checkpoints", action="store_true",
+        help="Keep the sub-runs' resumable checkpoint-*/ folders after they finish (default: deleted; the final "
+        "models stay).",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [o for o in args.objectives if o not in OBJECTIVES] + [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"unknown objective(s)/task(s): {unknown}")
+    preset = PRESETS[args.preset]
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds
+    minutes = tuple(float(m) for m in args.label_minutes.split(",")) if args.label_minutes else preset.label_minutes
+    args.settings = dataclasses.replace(preset, seeds=seeds, label_minutes=minutes)  # what this invocation uses
+    args.seeds = list(seeds)
+    args.results_name = args.results_name or (
+        "label_efficiency" if args.preset == "cpu" else f"label_efficiency_{args.preset}"
+    )
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")  # everything here is offline; never reach for the Hub
+    preset: Preset = args.settings
+    runs_dir = (args.runs_dir / args.preset).resolve()
+    runs = plan_runs(preset, args.objectives, args.tasks, args.seeds)
+    if args.dry_run:
+        for run in runs:
+            print(f"[{run.name}] python recipes/{run.recipe}.py {shlex.join(run.resolved_argv(runs_dir))}")
+        return {}
+    if len(args.seeds) < 2:
+        logger.warning("Only one seed (%s): the report has no spread", args.seeds)
+
+    if preset.needs_cuda and not torch.cuda.is_available() and not args.report_only:
+        raise SystemExit(f"--preset {args.preset} needs a CUDA GPU; none is visible (use --preset cpu)")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    start = time.perf_counter()
+    timings: dict[str, Any] = {"corpora_s": {}, "runs_s": {}}
+    records: list[RunRecord] = []
+    if args.report_only:
+        for run in runs:
+            path = runs_dir / run.name / RUN_RECORD
+            if path.is_file():
+                record = RunRecord(**json.loads(path.read_text()))
+                if record.argv == run.argv:
+                    records.append(record)
+                else:
+                    logger.warning("%s was made with other arguments than this preset's; left out", run.name)
+    else:
+        timings["corpora_s"] = build_corpora(preset, args.tasks)
+        for i, run in enumerate(runs, 1):
+            logger.info("sub-run %d/%d: %s (%.1f min so far)", i, len(runs), run.name,
+                        (time.perf_counter() - start) / 60)  # fmt: skip
+            before = time.perf_counter()
+            records.append(execute(run, runs_dir, keep_checkpoints=args.keep_checkpoints))
+            if time.perf_counter() - before > 1.0:  # ran (not skipped): project the rest from runs of its kind
+                log_projection(records[-1], runs[i:], time.perf_counter() - start)
+    timings["runs_s"] = {r.name: r.wall_time_s for r in records}
+    timings["total_s"] = round(time.perf_counter() - start, 1)
+    timings["sum_of_runs_s"] = round(sum(r.wall_time_s for r in records), 1)
+
+    payload = {
+        "benchmark": "label_efficiency",
+        "name": args.results_name,
+        "preset": args.preset,
+        "preset_settings": dataclasses.asdict(preset),
+        "objectives": args.objectives,
+        "tasks": args.tasks,
+        "seeds": args.seeds,
+        "protocol": {
+            "pretraining": {
+                o: (f"recipes/{v[0]}.py {' '.join(v[1])}".strip() if v else None)
+                for o, v in OBJECTIVES.items()
+                if o in args.objectives
+            },
+            "asr": "recipes/finetune_asr.py: full fine-tuning, character CTC, greedy decoding; test WER/CER",
+            "keyword_spotting": "recipes/finetune_audio_classification.py --task keyword_spotting --probe; test "
+            "accuracy (12 classes)",
+            "prosody": "recipes/finetune_audio_classification.py --task emotion_recognition --probe; test accuracy "
+            "(4 prosody classes)",
+            "hubert_budget": "pretrain_updates split evenly over 2 iterations (--max_steps counts per iteration)",
+        },  # fmt: skip
+        "summary": summarize(records, args.objectives, preset.label_minutes),
+        "runs": [dataclasses.asdict(r) for r in records],
+        "timings": timings,
+        "command": "python benchmarks/label_efficiency.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "hardware": hardware_info(),
+    }
+    markdown = markdown_report(payload)
+    write_results(args.results_name, payload, markdown, results_dir=args.results_dir)
+    plot(payload, args.results_dir / f"{args.results_name}.png")
+    print(markdown)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Smoke test of benchmarks/label_efficiency.py: the orchestration end to end on tiny corpora (seconds of audio)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, corpus_cache_dir):
+    bench = load_benchmark("label_efficiency")
+    results = tmp_path / "results"
+    argv = [
+        "--preset", "smoke",
+        "--objectives", "none,wav2vec2",
+        "--tasks", "asr",
+        "--label_minutes", "0.5",
+        "--seeds", "0,1",
+        "--torch_threads", "1",  # the test machine is shared; one thread is the faster there
+        "--runs_dir", str(tmp_path / "runs"),
+        "--results_dir", str(results),
+    ]  # fmt: skip
+    payload = bench.main(argv)
+
+    assert {p.name for p in results.iterdir()} >= {f"label_efficiency_smoke.{ext}" for ext in ("json", "md", "png")}
+    data = json.loads((results / "label_efficiency_smoke.json").read_text())
+    assert data["preset"] == "smoke" and data["seeds"] == [0, 1] and data["hardware"]["torch"]
+    assert [r["name"] for r in data["runs"]] == [
+        "pretrain-wav2vec2",
+        "asr-none-0.5min-seed0",
+        "asr-none-0.5min-seed1",
+        "asr-wav2vec2-0.5min-seed0",
+        "asr-wav2vec2-0.5min-seed1",
+    ]
+    objectives = data["summary"]["objectives"]
+    assert objectives["wav2vec2"]["pretraining"]["updates"] == bench.PRESETS["smoke"].pretrain_updates
+    for objective in ("none", "wav2vec2"):
+        for metric in ("wer", "cer"):
+            spread = objectives[objective]["asr"]["0.5"][metric]
+            assert set(spread["per_seed"]) == {"0", "1"} and spread["std"] is not None
+            assert spread["min"] <= spread["mean"] <= spread["max"]
+    target = data["summary"]["target"]
+    assert target["label_minutes"] == 0.5 and target["wer"]["best_objective"] == "wav2vec2"
+    assert isinstance(target["wer"]["met"], bool)
+    markdown = (results / "label_efficiency_smoke.md").read_text()
+    assert "| `none` |" in markdown and "| `wav2vec2` | 2 / " in markdown and "Target" in markdown
+
+    # A rerun finds every sub-run finished and trains nothing.
+    again = bench.main(argv)
+    assert [r["finished_at"] for r in again["runs"]] == [r["finished_at"] for r in payload["runs"]]
+    # A finished sub-run made with other arguments is refused, not silently reused.
+    run = bench.finetuning_run(bench.PRESETS["smoke"], "none", "asr", 0, 0.5)
+    run = dataclasses.replace(run, argv=[*run.argv, "--learning_rate", "1e-4"])
+    with pytest.raises(ValueError, match="other arguments"):
+        bench.execute(run, tmp_path / "runs" / "smoke")

@@ -304,8 +304,9 @@ def test_trust_remote_code_without_package(tmp_path):
     result = torch.load(tmp_path / "out.pt")
     assert all(module.startswith("transformers_modules") for module in result["modules"]), result["modules"]
     assert result["backbone"] == "Wav2Vec2Config"
-    assert torch.equal(result["loss"], expected.loss)
-    assert torch.equal(result["pooled"], expected.embeddings)
+    # another process may use another thread count, so float sums may differ in the last bits
+    torch.testing.assert_close(result["loss"], expected.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result["pooled"], expected.embeddings, rtol=1e-5, atol=1e-6)
 
 
 def test_export_encoder_loads_in_stock_wav2vec2_heads(tmp_path):

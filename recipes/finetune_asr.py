@@ -15,8 +15,9 @@ on (time masks; fairseq BASE uses `mask_prob` 0.65 and channel masks 0.25 x 64 �
 `zero_infinity` CTC averaged per utterance, linear warm-up. `--probe` trains only a SUPERB-style probe (a learned
 weighted sum of all hidden layers → BiLSTM → CTC) on the frozen encoder.
 
-With no arguments it trains the tiny preset from scratch on 10 minutes of the offline `synthetic-librispeech` in a
-few minutes on 2 CPU cores.
+With no arguments it trains the tiny preset from scratch on 10 minutes of the offline `synthetic-librispeech`: 1500
+updates, about 10 minutes on 2 CPU cores. Measured from the tiny wav2vec 2.0 default checkpoint: test CER 0.96 after
+600 updates and 0.79 after 1500, WER still 1.0 (a tiny model on CPU learns characters before words).
 
 Examples:
     accelerate launch recipes/finetune_asr.py --model_name_or_path outputs/wav2vec2-tiny --train_minutes 10
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.set_defaults(
         output_dir="outputs/asr-tiny",
         train_minutes=10.0,
-        max_steps=600,
+        max_steps=1500,  # see the docstring: 600 updates left CER at 0.96
         per_device_train_batch_size=8,
         learning_rate=1e-3,
         warmup_ratio=0.1,

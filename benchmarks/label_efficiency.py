@@ -11,7 +11,7 @@ and crop length, so the same audio hours) for five starting points:
   iterations (U/2 on MFCC k-means labels, U/2 on labels from the iteration-1 model; paper §IV-C trains each iteration
   from scratch too), plus the labelling stages, which the other objectives do not need.
 
-Each objective keeps its recipe's own peak learning rate (SimCLR 5e-4, wav2vec 2.0 1e-3, HuBERT 5e-4) and warm-up.
+Each objective keeps its recipe's own peak learning rate (SimCLR 5e-4, wav2vec 2.0 1e-3, HuBERT 2e-3) and warm-up.
 Then, per objective and seed:
 
 - speech recognition: `recipes/finetune_asr.py` (full fine-tuning, CTC on characters, the recipe's fairseq-style

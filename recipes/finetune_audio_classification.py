@@ -294,17 +294,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         recipe="recipes/finetune_audio_classification.py",
         base_model=path if path not in NO_PRETRAINING else None,
         base_model_type=checkpoint_model_type(path),
-        dataset=data_args.dataset_name,
-        train_split=data_args.train_split,
-        dataset_note=data_args.dataset_note,
+        data_args=data_args,
         train_minutes=train_seconds / 60,
         num_train_utterances=len(values["train"]),
-        subset_description=(
-            f"speaker-balanced subset of {data_args.train_minutes:g} minutes, seed {args.seed}"
-            if data_args.train_minutes
-            else None
-        ),
-        eval_splits=[{"split": s, "utterances": int(metrics[s].get("num_utterances", 0))} for s in metrics],
         metrics=metrics,
         metric_names=("accuracy", "macro_f1", "loss", "dropped_labels"),
         hyperparameters={

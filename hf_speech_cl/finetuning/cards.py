@@ -51,19 +51,15 @@ def finalize_finetuning(
     recipe: str,
     base_model: str | None,
     base_model_type: str | None,
-    dataset: str,
-    train_split: str,
-    dataset_note: str | None,
+    data_args: Any,
     train_minutes: float,
     num_train_utterances: int,
-    eval_splits: list[dict[str, Any]],
     metrics: dict[str, dict[str, float]],
     metric_names: Sequence[str],
     hyperparameters: dict[str, Any],
     usage: str,
     command: str,
     citation: str,
-    subset_description: str | None = None,
     label_names: Sequence[str] | None = None,
     vocabulary: Sequence[str] | None = None,
     examples: list[dict[str, str]] | None = None,
@@ -80,6 +76,8 @@ def finalize_finetuning(
         accelerator, model, result, args: the run's `Accelerator`, the (prepared) model, the `TrainResult` and the
             `PretrainingArguments` (`output_dir`, `push_to_hub`, `hub_model_id`, ...).
         savables: saved next to the model (the `Wav2Vec2Processor`, or the feature extractor).
+        data_args: the run's `DataArguments`: the card names its dataset, training split, note and labeled subset
+            (`train_minutes`, drawn with `args.seed`) from them.
         task_name: a short name for the card (e.g. "speech recognition (CTC)").
         metrics: `{split: {metric name: value}}` (values without the split prefix), e.g.
             `{"validation": {"wer": 0.3}, "test": {"wer": 0.31}}`; `metric_names` picks the rows and their order.
@@ -89,6 +87,13 @@ def finalize_finetuning(
         The output folder.
     """
     output_dir = Path(args.output_dir)
+    dataset = data_args.dataset_name
+    subset_description = (
+        f"speaker-balanced subset of {data_args.train_minutes:g} minutes, seed {args.seed}"
+        if data_args.train_minutes
+        else None
+    )
+    eval_splits = [{"split": s, "utterances": int(values.get("num_utterances", 0))} for s, values in metrics.items()]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained_atomic(output_dir, accelerator.unwrap_model(model), *savables)
@@ -137,8 +142,8 @@ def finalize_finetuning(
             base_model=base_model,
             base_model_type=base_model_type,
             dataset=dataset,
-            train_split=train_split,
-            dataset_note=dataset_note,
+            train_split=data_args.train_split,
+            dataset_note=data_args.dataset_note,
             train_minutes=train_minutes,
             num_train_utterances=num_train_utterances,
             subset_description=subset_description,

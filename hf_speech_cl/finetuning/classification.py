@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import eval_batches
+
 __all__ = [
     "ClassificationEvaluator",
     "DataCollatorAudioClassification",
@@ -258,12 +260,7 @@ class ClassificationEvaluator:
         predictions: list[int] = []
         references: list[int] = []
         losses: list[float] = []
-        for index, batch in enumerate(self.dataloader):
-            if self.max_batches is not None and index >= self.max_batches:
-                break
-            if batch is None:
-                continue
-            batch = dict(batch)
+        for batch in eval_batches(self.dataloader, self.max_batches):
             labels = batch.pop("labels")
             with accelerator.autocast():
                 logits = model(**batch).logits

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2CTCTokenizer
 
+from .data import eval_batches
 from .vocab import DEFAULT_CHARS_TO_REMOVE, normalize_transcript
 
 __all__ = [
@@ -271,12 +272,7 @@ class CTCEvaluator:
         blank_utterances: list[int] = []
         blank_frames: list[int] = []
         valid_frames: list[int] = []
-        for index, batch in enumerate(self.dataloader):
-            if self.max_batches is not None and index >= self.max_batches:
-                break
-            if batch is None:
-                continue
-            batch = dict(batch)
+        for batch in eval_batches(self.dataloader, self.max_batches):
             texts = batch.pop("text")
             labels = batch.pop("labels")
             with accelerator.autocast():

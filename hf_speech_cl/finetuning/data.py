@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import datasets
 
 from ..data import DataArguments, SpeechDataset, SpeechIterableDataset, build_speech_datasets, load_speech_dataset
 
-__all__ = ["build_eval_dataset", "build_finetuning_datasets", "class_label_names", "column_values", "loader_kwargs"]
+__all__ = [
+    "build_eval_dataset",
+    "eval_batches",
+    "build_finetuning_datasets",
+    "class_label_names",
+    "column_values",
+    "loader_kwargs",
+]
 
 
 def build_finetuning_datasets(
@@ -109,3 +117,15 @@ def class_label_names(dataset: SpeechDataset | SpeechIterableDataset, column: st
     features = getattr(dataset.dataset, "features", None) or {}
     feature = features.get(column)
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def eval_batches(
+    dataloader: Iterable[dict[str, Any] | None], max_batches: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The batches an evaluator scores: copies (safe to `pop` from) of the first `max_batches` (all when `None`),
+    skipping `None` (a batch whose every clip was unreadable, see `SpeechDataset`)."""
+    for index, batch in enumerate(dataloader):
+        if max_batches is not None and index >= max_batches:
+            break
+        if batch is not None:
+            yield dict(batch)

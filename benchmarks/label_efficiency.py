@@ -155,6 +155,9 @@ class Preset:
         needs_cuda: refuse to run without a CUDA device.
         hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora).
         asr_flags: extra flags of every `recipes/finetune_asr.py` run.
+        jobs: sub-runs at a time, each in its own process with `cores // jobs` torch threads (`--jobs`). Two
+            one-thread processes use 2 cores better than one two-thread process: small convolutions scale poorly
+            over threads.
     """
 
     description: str
@@ -178,6 +181,7 @@ class Preset:
     needs_cuda: bool = False
     hubert_flags: tuple[str, ...] = ()
     asr_flags: tuple[str, ...] = ()
+    jobs: int = 1
 
 
 def _tiny_params() -> dict[str, dict[str, Any]]:
@@ -214,11 +218,12 @@ PRESETS: dict[str, Preset] = {
         pretrain_crop_s=2.0,
         pretrain_eval_samples=64,
         label_minutes=(10.0, 60.0),
-        asr_updates=150,
+        asr_updates=300,
         asr_batch_size=8,
-        cls_updates=150,
+        cls_updates=200,
         cls_batch_size=8,
         seeds=(0, 1),
+        jobs=2,
     ),
     "gpu": Preset(
         description="small encoder (5 M parameters), 10 h of synthetic speech, bf16 on one CUDA GPU",
@@ -457,6 +462,86 @@ def execute(run: SubRun, runs_dir: Path, *, keep_checkpoints: bool = False) -> R
     return record
 
 
+def _child_argv(args: argparse.Namespace, run: SubRun, threads: int) -> list[str]:
+    """This script's command line that runs only `run` (same plan, same folders) with `threads` torch threads."""
+    argv = [
+        sys.executable, str(Path(__file__).resolve()),
+        "--preset", args.preset,
+        "--objectives", ",".join(args.objectives),
+        "--tasks", ",".join(args.tasks),
+        "--seeds", ",".join(str(s) for s in args.seeds),
+        "--label_minutes", ",".join(f"{m:g}" for m in args.settings.label_minutes),
+        "--runs_dir", str(args.runs_dir),
+        "--torch_threads", str(threads),
+        "--only", run.name,
+    ]  # fmt: skip
+    return argv + (["--keep_checkpoints"] if args.keep_checkpoints else [])
+
+
+def run_parallel(
+    runs: list[SubRun], runs_dir: Path, args: argparse.Namespace, jobs: int, start: float
+) -> list[RunRecord]:
+    """Run `runs` `jobs` at a time, each in a child process of this script (`--only`), a fine-tune only once the
+    pretraining it starts from has finished. Each child's output goes to `runs_dir/<name>.log`.
+
+    Returns:
+        The records of the finished sub-runs, in plan order.
+
+    Raises:
+        RuntimeError: after every runnable sub-run has ended, if any failed (naming them and their logs).
+    """
+    import subprocess
+
+    threads = args.torch_threads or max(1, (os.cpu_count() or 1) // jobs)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    pending = list(runs)
+    running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
+    done: set[str] = set()
+    failed: set[str] = set()
+    for run in list(pending):  # finished before: checked (same arguments) and skipped here, no child needed
+        if (runs_dir / run.name / RUN_RECORD).is_file():
+            execute(run, runs_dir)
+            done.add(run.name)
+            pending.remove(run)
+    while pending or running:
+        for run in list(pending):
+            if len(running) >= jobs:
+                break
+            if run.depends_on in failed:
+                logger.error("%s: not run, its pretraining %s failed", run.name, run.depends_on)
+                failed.add(run.name)
+                pending.remove(run)
+                continue
+            if run.depends_on is not None and run.depends_on not in done and any(
+                r.name == run.depends_on for r in runs
+            ):
+                continue
+            log = open(runs_dir / f"{run.name}.log", "ab")  # noqa: SIM115 (closed when the child ends)
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            child = subprocess.Popen(_child_argv(args, run, threads), stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[run.name] = (child, log, time.perf_counter())
+            pending.remove(run)
+            logger.info("%s: started (%d running, %d waiting; %.1f min so far; log %s)", run.name, len(running),
+                        len(pending), (time.perf_counter() - start) / 60, runs_dir / f"{run.name}.log")  # fmt: skip
+        time.sleep(1.0)
+        for name, (child, log, began) in list(running.items()):
+            if child.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if child.returncode == 0 and (runs_dir / name / RUN_RECORD).is_file():
+                done.add(name)
+                logger.info("%s: finished in %.1f min (%.1f min so far)", name, (time.perf_counter() - began) / 60,
+                            (time.perf_counter() - start) / 60)  # fmt: skip
+            else:
+                failed.add(name)
+                logger.error("%s: FAILED (exit %s); see %s", name, child.returncode, runs_dir / f"{name}.log")
+    records = [RunRecord(**json.loads((runs_dir / r.name / RUN_RECORD).read_text())) for r in runs if r.name in done]
+    if failed:
+        raise RuntimeError(f"{len(failed)} sub-run(s) failed: {sorted(failed)}; logs in {runs_dir}")
+    return records
+
+
 def build_corpora(preset: Preset, tasks: list[str]) -> dict[str, float]:
     """Build (or find) the offline corpora the runs need, before any timing; seconds each took."""
     from hf_speech_cl.data.synthetic import load_corpus
@@ -633,7 +718,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
             f"Target (≥ {100 * TARGET_RELATIVE_REDUCTION:.0f}% lower relative test WER than no pretraining at "
             f"{target['label_minutes']:g} minutes of labels): " + ("; ".join(verdicts) or "not measured") + ".",
             "",
-            f"Hardware: {device}, torch {hw.get('torch')}, {hw.get('torch_threads')} torch thread(s). Sub-runs: "
+            f"Hardware: {device}, torch {hw.get('torch')}, {payload.get('jobs', 1)} sub-run(s) at a time with "
+            f"{payload.get('threads_per_job') or hw.get('torch_threads')} torch thread(s) each. Sub-runs: "
             f"{payload['timings']['sum_of_runs_s'] / 60:.1f} min in all (sum of their wall times); this invocation "
             f"{payload['timings']['total_s'] / 60:.1f} min. Plot: `{payload['name']}.png`.",
         ]
@@ -746,6 +832,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "2.8x slower on a loaded 2-core machine).",
     )  # fmt: skip
     parser.add_argument(
+        "--jobs", type=int, default=None,
+        help="Sub-runs at a time, each in its own process with (cores / jobs) torch threads unless --torch_threads "
+        "says otherwise; a fine-tune waits for its pretraining. Default: the preset's (cpu 2, others 1: one process, "
+        "sub-runs in turn).",
+    )  # fmt: skip
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a child of --jobs: run this sub-run only
+    parser.add_argument(
         "--report_only", action="store_true",
         help="Run nothing: rebuild the JSON/markdown/PNG from the sub-runs that finished.",
     )  # fmt: skip
@@ -768,6 +861,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     minutes = tuple(float(m) for m in args.label_minutes.split(",")) if args.label_minutes else preset.label_minutes
     args.settings = dataclasses.replace(preset, seeds=seeds, label_minutes=minutes)  # what this invocation uses
     args.seeds = list(seeds)
+    args.jobs = args.jobs or preset.jobs
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     args.results_name = args.results_name or (
         "label_efficiency" if args.preset == "cpu" else f"label_efficiency_{args.preset}"
     )
@@ -793,6 +889,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--preset {args.preset} needs a CUDA GPU; none is visible (use --preset cpu)")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    if args.only:  # a child process of --jobs
+        [run] = [r for r in runs if r.name == args.only]
+        execute(run, runs_dir, keep_checkpoints=args.keep_checkpoints)
+        return {}
     start = time.perf_counter()
     timings: dict[str, Any] = {"corpora_s": {}, "runs_s": {}}
     records: list[RunRecord] = []
@@ -807,6 +907,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     logger.warning("%s was made with other arguments than this preset's; left out", run.name)
     else:
         timings["corpora_s"] = build_corpora(preset, args.tasks)
+    if not args.report_only and args.jobs > 1:
+        records = run_parallel(runs, runs_dir, args, args.jobs, start)
+    elif not args.report_only:
         for i, run in enumerate(runs, 1):
             logger.info("sub-run %d/%d: %s (%.1f min so far)", i, len(runs), run.name,
                         (time.perf_counter() - start) / 60)  # fmt: skip
@@ -826,6 +929,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "objectives": args.objectives,
         "tasks": args.tasks,
         "seeds": args.seeds,
+        "jobs": args.jobs,
+        "threads_per_job": args.torch_threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None),
         "protocol": {
             "pretraining": {
                 o: (f"recipes/{v[0]}.py {' '.join(v[1])}".strip() if v else None)

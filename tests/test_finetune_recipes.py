@@ -184,6 +184,8 @@ def test_keyword_spotting_recipe(tmp_path, tiny_speech_commands, cls_recipe, sma
     config = AutoConfig.from_pretrained(out)
     names = tiny_speech_commands["train"].features["label"].names
     assert [config.id2label[i] for i in range(len(names))] == names and config.label2id["yes"] == 0
+    # No SpecAugment by default: with time masks the classifier learned the masks (see the recipe's --help).
+    assert config.mask_time_prob == 0.0
     assert (out / "confusion_matrix_test.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((out / "confusion_matrix_test.json").read_text())["matrix"]) == len(names)
     card = (out / "README.md").read_text()

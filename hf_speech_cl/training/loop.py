@@ -282,7 +282,7 @@ def train(
         total=args.max_steps,
         initial=state["global_step"],
         disable=not accelerator.is_local_main_process,
-        desc="pretraining",
+        desc="training",
         unit="update",
         dynamic_ncols=True,
     )

@@ -43,30 +43,27 @@ Presets (`--preset`):
 - `gpu`: the `small` encoder (5 M parameters), 10 h of synthetic speech, 10k pretraining updates of 32 x 4 s, 3000
   ASR updates, bf16, 3 seeds; needs CUDA. Not run on a GPU when written: a starting point, not a measured budget.
 
-Budget of `--preset cpu`. Measured 2026-11-21 on the 2-core AMD EPYC machine with 1 torch thread, under load from
-other jobs (1-minute load 3.3-4.7, so wall times were up to 1.5x the CPU times; CPU seconds are the single-core cost):
+Budget of `--preset cpu`, measured 2026-11-22 on the 2-core AMD EPYC machine (`benchmarks/results/
+label_efficiency.json`): two sub-runs at a time (`jobs=2`), each a process with one torch thread; 47.4 min wall.
 
-    sub-run (cpu preset sizes)                                   CPU s each   count   CPU s
-    pretrain wav2vec 2.0: 250 updates x 8 clips x 2 s crops      171 (real)       1     171
-    pretrain SimCLR utterance / frame (2 views; 1.65x / 1.57x
-      wav2vec 2.0 per update, 10-update probes at 2 s crops)     282 / 270        2     552
-    pretrain HuBERT: 2 x 125 updates + labels (MFCC k-means
-      37 s wall, iteration-2 features of the 2 h split 133 s)    ~306             1     306
-    ASR no pretraining, 150 updates x 8 (feature encoder trains,
-      ~1.3 CPU s/update) + test decoding                         ~190             4     760
-    ASR from a pretrained encoder, 150 updates x 8 (feature
-      encoder frozen) + test decoding (266 utterances)           72 (real)       16    1152
-    keyword-spotting probe, 150 updates x 8 (1-s clips)          17 (real)       10     170
-    prosody probe, 150 updates x 8                               32 (real)       10     320
-    total                                                                              3431 = 57 min on 1 core
+    sub-run (cpu preset sizes)                                   wall s each   count   sum s
+    pretrain wav2vec 2.0: 250 updates x 8 clips x 2 s crops           164          1     164
+    pretrain SimCLR utterance / frame (2 augmented views)         321 / 283        2     604
+    pretrain HuBERT: 2 x 125 updates + k-means labelling twice        265          1     265
+    ASR no pretraining: 300 updates x 8 (the feature encoder
+      trains too) + test decoding (267 utterances)                    337          4    1348
+    ASR from a pretrained encoder (feature encoder frozen)            131         16    2091
+    keyword-spotting probe, 200 updates x 8 (1-s clips)                28         10     283
+    prosody probe, 200 updates x 8                                     46         10     458
+    total                                                                        44    5213 = 87 min of sub-runs
 
-Two quiet cores run this 1.3x (thread scaling of small convolutions) to 2x (ENV.md: wav2vec 2.0 step at 48 audio-s/s
-on 2 quiet cores vs 24 measured here on 1) faster: 29-44 min, plus ~5 min to synthesize the three corpora when they
-are not cached yet (speech commands 70 s, prosody 54 s, LibriSpeech 2.5 h ~150 s with 2 workers). On a machine other
-jobs load, pass `--torch_threads 1`: two threads then ran 2.8x slower than one. The log projects the end after every
-sub-run. At these sizes a 260-update fine-tune without pretraining was still in the CTC blank-only plateau (test CTC
-loss 2.94, every test utterance decoded empty, WER = CER = 1.0), so WER and CER may well be 100% for every objective;
-the report then still ranks them by the test CTC loss per character, which moves first.
+Two one-thread processes keep both cores busy (the small convolutions of the tiny model scale poorly over threads),
+so the 87 minutes of sub-runs take 47 minutes, plus ~5 minutes to synthesize the three corpora when they are not
+cached yet (speech commands 70 s, prosody 54 s, LibriSpeech 2.5 h ~150 s with 2 workers). The log reports every
+sub-run's start and end; each child's own output is in `<runs_dir>/<preset>/<name>.log`. At these sizes every
+fine-tune without pretraining ends in the CTC blank-only plateau (test CTC loss 2.93, every utterance decoded empty,
+WER = CER = 100%) and no model gets a word right (WER 100%), so the report also gives CER and the test CTC loss per
+character, which move first.
 
 Examples:
     python benchmarks/label_efficiency.py --preset cpu
@@ -512,8 +509,10 @@ def run_parallel(
                 failed.add(run.name)
                 pending.remove(run)
                 continue
-            if run.depends_on is not None and run.depends_on not in done and any(
-                r.name == run.depends_on for r in runs
+            if (
+                run.depends_on is not None
+                and run.depends_on not in done
+                and any(r.name == run.depends_on for r in runs)
             ):
                 continue
             log = open(runs_dir / f"{run.name}.log", "ab")  # noqa: SIM115 (closed when the child ends)
@@ -720,8 +719,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
             "",
             f"Hardware: {device}, torch {hw.get('torch')}, {payload.get('jobs', 1)} sub-run(s) at a time with "
             f"{payload.get('threads_per_job') or hw.get('torch_threads')} torch thread(s) each. Sub-runs: "
-            f"{payload['timings']['sum_of_runs_s'] / 60:.1f} min in all (sum of their wall times); this invocation "
-            f"{payload['timings']['total_s'] / 60:.1f} min. Plot: `{payload['name']}.png`.",
+            f"{payload['timings']['sum_of_runs_s'] / 60:.1f} min in all (sum of their wall times); wall time of the benchmark "
+            f"{(payload['timings']['total_s'] or 0.0) / 60:.1f} min. Plot: `{payload['name']}.png`.",
         ]
     )
 
@@ -754,11 +753,13 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4), constrained_layout=True)
     for ax, (metric, label, scale) in zip(axes, panels, strict=True):
+        values: list[float] = []
         for objective, entry in payload["summary"]["objectives"].items():
             points = [(m, entry["asr"].get(f"{m:g}", {}).get(metric)) for m in minutes]
             points = [(m, s) for m, s in points if s and s.get("mean") is not None]
             if not points:
                 continue
+            values += [scale * (s["mean"] + sign * (s["std"] or 0.0)) for _, s in points for sign in (-1, 1)]
             ax.errorbar(
                 [m for m, _ in points],
                 [scale * s["mean"] for _, s in points],
@@ -768,6 +769,9 @@ def plot(payload: dict[str, Any], path: Path) -> None:
                 label=objective,
                 linestyle="--" if objective == "none" else "-",
             )
+        ax.ticklabel_format(axis="y", useOffset=False)
+        if scale == 100.0 and values and max(values) - min(values) < 5.0:  # e.g. every WER at 100%: show a range
+            ax.set_ylim(max(values) - 6.0, max(values) + 1.0)
         ax.set_xscale("log")
         ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
         ax.minorticks_off()
@@ -920,6 +924,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings["runs_s"] = {r.name: r.wall_time_s for r in records}
     timings["total_s"] = round(time.perf_counter() - start, 1)
     timings["sum_of_runs_s"] = round(sum(r.wall_time_s for r in records), 1)
+    previous = _read_json(args.results_dir / f"{args.results_name}.json").get("timings", {})
+    if args.report_only and previous.get("runs_s") == timings["runs_s"]:
+        # the same finished sub-runs: keep the wall time of the invocation that ran them
+        timings.update(corpora_s=previous.get("corpora_s", {}), total_s=previous.get("total_s"))
 
     payload = {
         "benchmark": "label_efficiency",
@@ -930,7 +938,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tasks": args.tasks,
         "seeds": args.seeds,
         "jobs": args.jobs,
-        "threads_per_job": args.torch_threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None),
+        "threads_per_job": args.torch_threads
+        or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None),
         "protocol": {
             "pretraining": {
                 o: (f"recipes/{v[0]}.py {' '.join(v[1])}".strip() if v else None)

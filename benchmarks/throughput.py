@@ -378,7 +378,7 @@ class InstrumentedTrain:
         """
         from accelerate.utils import send_to_device
 
-        from hf_speech_cl.training.loop import _step_generator  # the loop's own per-update seeding
+        from hf_speech_cl.training import step_generator  # the loop's own per-update seeding
 
         device = accelerator.device
         batches, audio, fetch, augment = [], [], [], []
@@ -402,7 +402,7 @@ class InstrumentedTrain:
                 batch = send_to_device(batch, device)
                 if batch_transform is not None:
                     step = len(batches)
-                    generator = _step_generator(device, seed, step, accelerator.process_index, step)
+                    generator = step_generator(device, seed, step, accelerator.process_index, step)
                     self._sync(device)
                     started = time.perf_counter()
                     batch = batch_transform(batch, generator)

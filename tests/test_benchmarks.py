@@ -35,7 +35,7 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
         "--runs_dir", str(tmp_path / "runs"),
         "--results_dir", str(results),
     ]  # fmt: skip
-    payload = bench.main(argv)
+    payload = bench.main([*argv, "--jobs", "2"])  # two child processes, a fine-tune waiting for its pretraining
 
     assert {p.name for p in results.iterdir()} >= {f"label_efficiency_smoke.{ext}" for ext in ("json", "md", "png")}
     data = json.loads((results / "label_efficiency_smoke.json").read_text())
@@ -60,7 +60,10 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
     markdown = (results / "label_efficiency_smoke.md").read_text()
     assert "| `none` |" in markdown and "| `wav2vec2` | 2 / " in markdown and "Target" in markdown
 
-    # A rerun finds every sub-run finished and trains nothing.
+    assert data["jobs"] == 2 and data["threads_per_job"] == 1
+    assert (tmp_path / "runs" / "smoke" / "asr-none-0.5min-seed0.log").is_file()  # each child's own log
+
+    # A rerun (in this process) finds every sub-run finished and trains nothing.
     again = bench.main(argv)
     assert [r["finished_at"] for r in again["runs"]] == [r["finished_at"] for r in payload["runs"]]
     # A finished sub-run made with other arguments is refused, not silently reused.

@@ -14,28 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_simclr_model import TINY_BACKBONE  # the same tiny encoder as the single-process tests
 from torch.nn.parallel import DistributedDataParallel
 
 from hf_speech_cl.models.simclr_audio import SimCLRAudioConfig, SimCLRAudioForPreTraining
 
 WORLD_SIZE = 2
 NUM_SAMPLES = 1200
-TINY_BACKBONE = dict(
-    hidden_size=16,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=20,
-    conv_dim=(32, 32, 32),
-    conv_stride=(4, 4, 4),
-    conv_kernel=(8, 4, 4),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-    activation_dropout=0.0,
-    feat_proj_dropout=0.0,
-    final_dropout=0.0,
-)
 
 
 def build_model() -> SimCLRAudioForPreTraining:

@@ -9,7 +9,7 @@ from .export import (
     save_pretrained_atomic,
     write_model_card,
 )
-from .loop import NonFiniteLossError, TrainResult, evaluate, make_accelerator, train
+from .loop import NonFiniteLossError, TrainResult, evaluate, make_accelerator, step_generator, train
 from .tracking import JSONLinesTracker, read_metrics
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "read_metrics",
     "render_model_card",
     "save_pretrained_atomic",
+    "step_generator",
     "train",
     "write_model_card",
 ]

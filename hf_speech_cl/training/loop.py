@@ -48,7 +48,7 @@ from .checkpointing import (
 )
 from .tracking import JSONLinesTracker
 
-__all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "make_accelerator", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "make_accelerator", "step_generator", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,10 @@ def _audio_seconds(batch: dict[str, Any], sampling_rate: int) -> float:
     return float(batch["input_values"].numel()) / sampling_rate
 
 
-def _step_generator(device: torch.device, seed: int, update: int, process: int, micro: int) -> torch.Generator:
+def step_generator(device: torch.device, seed: int, update: int, process: int, micro: int) -> torch.Generator:
+    """The random generator of one micro-batch's `batch_transform` (masks, augmentations): a pure function of the run
+    seed, the update (-1 in evaluation), the process index and the micro-batch index, so a resumed or re-run update
+    draws the same numbers, and every process different ones."""
     generator = torch.Generator(device=device)
     generator.manual_seed((seed * 1_000_003 + update * 10_007 + process * 101 + micro) % (2**63 - 1))
     return generator
@@ -176,7 +179,7 @@ def evaluate(
             continue
         if batch_transform is not None:
             batch = batch_transform(
-                batch, _step_generator(accelerator.device, seed, -1, accelerator.process_index, index)
+                batch, step_generator(accelerator.device, seed, -1, accelerator.process_index, index)
             )
         outputs = model(**batch)
         logged = metrics_fn(outputs, batch) if metrics_fn is not None else _scalar_outputs(outputs)
@@ -318,7 +321,7 @@ def train(
                     callback(accelerator.unwrap_model(model), step)
                 if batch_transform is not None:
                     batch = batch_transform(
-                        batch, _step_generator(accelerator.device, args.seed, step, accelerator.process_index, micro)
+                        batch, step_generator(accelerator.device, args.seed, step, accelerator.process_index, micro)
                     )
                 micro += 1
                 outputs = model(**batch)

@@ -14,7 +14,9 @@ softmax-weighted sum of all hidden layers (`use_weighted_layer_sum`), only the h
 The output loads in `pipeline("audio-classification", model=out)`.
 
 With no arguments it trains the tiny preset from scratch on `synthetic-speech-commands` in a few minutes on 2 CPU
-cores.
+cores. Measured with the defaults (400 updates, test split): keyword spotting 0.40 accuracy from scratch, 0.40 from
+the tiny SimCLR checkpoint, 0.45 from HuBERT (majority class 0.26: the tiny model learns speech vs silence and few
+words in 400 CPU updates); prosody 0.28 from scratch, 0.50 from the SimCLR checkpoint, 0.41 from HuBERT (chance 0.25).
 
 Examples:
     accelerate launch recipes/finetune_audio_classification.py --model_name_or_path outputs/hubert-tiny

@@ -16,7 +16,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPO_ROOT", "RESULTS_DIR", "hardware_info", "load_recipe", "load_results", "write_results"]
+__all__ = [
+    "REPO_ROOT",
+    "RESULTS_DIR",
+    "atomic_write_text",
+    "hardware_info",
+    "load_recipe",
+    "load_results",
+    "write_results",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -97,7 +105,7 @@ def hardware_info() -> dict[str, Any]:
     return info
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and `os.replace`, so a reader never
     sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +132,8 @@ def write_results(name: str, payload: dict[str, Any], markdown: str, *, results_
     out = Path(results_dir) if results_dir is not None else RESULTS_DIR
     payload = dict(payload)
     payload.setdefault("hardware", hardware_info())
-    _atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-    _atomic_write_text(out / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
+    atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(out / f"{name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
 
 
 def load_results(name: str, *, results_dir: Path | None = None) -> dict[str, Any] | None:

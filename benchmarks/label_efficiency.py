@@ -77,7 +77,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib.util
 import json
 import logging
 import math
@@ -93,12 +92,17 @@ from typing import Any
 
 import torch
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
+if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS_DIR, hardware_info, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS_DIR,
+    atomic_write_text,
+    hardware_info,
+    load_recipe,
+    load_results,
+    write_results,
+)
 
 __all__ = ["OBJECTIVES", "PRESETS", "TASKS", "Preset", "SubRun", "main", "plan_runs", "summarize"]
 
@@ -364,20 +368,6 @@ def plan_runs(preset: Preset, objectives: list[str], tasks: list[str], seeds: li
 
 
 # -------------------------------------------------------------------------------------------------- running
-_RECIPES: dict[str, Any] = {}
-
-
-def load_recipe(name: str):
-    """`recipes/{name}.py` as a module (loaded once), to call its `main(argv)` in this process."""
-    if name not in _RECIPES:
-        spec = importlib.util.spec_from_file_location(f"recipes_{name}", ROOT / "recipes" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        _RECIPES[name] = module
-    return _RECIPES[name]
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -399,12 +389,6 @@ def _pretraining_summary(out: Path) -> dict[str, Any]:
         "last_metrics": [r.get("last_metrics", {}) for r in results],
         "eval_metrics": [r.get("eval_metrics", {}) for r in results],
     }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def execute(run: SubRun, runs_dir: Path, *, keep_checkpoints: bool = False) -> RunRecord:
@@ -448,7 +432,7 @@ def execute(run: SubRun, runs_dir: Path, *, keep_checkpoints: bool = False) -> R
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         train=train,
     )
-    _atomic_write(record_path, json.dumps(dataclasses.asdict(record), indent=2, default=float))
+    atomic_write_text(record_path, json.dumps(dataclasses.asdict(record), indent=2, default=float))
     if not keep_checkpoints:  # the final model stays; resumable state is only needed while the run is unfinished
         for checkpoint in [*out.glob("checkpoint-*"), *out.glob("iteration-*/model/checkpoint-*")]:
             shutil.rmtree(checkpoint, ignore_errors=True)
@@ -475,10 +459,8 @@ def _child_argv(args: argparse.Namespace, run: SubRun, threads: int) -> list[str
     return argv + (["--keep_checkpoints"] if args.keep_checkpoints else [])
 
 
-def run_parallel(
-    runs: list[SubRun], runs_dir: Path, args: argparse.Namespace, jobs: int, start: float
-) -> list[RunRecord]:
-    """Run `runs` `jobs` at a time, each in a child process of this script (`--only`), a fine-tune only once the
+def run_parallel(runs: list[SubRun], runs_dir: Path, args: argparse.Namespace, start: float) -> list[RunRecord]:
+    """Run `runs` `args.jobs` at a time, each in a child process of this script (`--only`), a fine-tune only once the
     pretraining it starts from has finished. Each child's output goes to `runs_dir/<name>.log`.
 
     Returns:
@@ -489,7 +471,7 @@ def run_parallel(
     """
     import subprocess
 
-    threads = args.torch_threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = args.threads_per_job
     runs_dir.mkdir(parents=True, exist_ok=True)
     pending = list(runs)
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
@@ -502,7 +484,7 @@ def run_parallel(
             pending.remove(run)
     while pending or running:
         for run in list(pending):
-            if len(running) >= jobs:
+            if len(running) >= args.jobs:
                 break
             if run.depends_on in failed:
                 logger.error("%s: not run, its pretraining %s failed", run.name, run.depends_on)
@@ -868,6 +850,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.jobs = args.jobs or preset.jobs
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    # torch threads of each child process with --jobs > 1 (None: one process, torch's own default)
+    args.threads_per_job = args.torch_threads or (
+        max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    )
     args.results_name = args.results_name or (
         "label_efficiency" if args.preset == "cpu" else f"label_efficiency_{args.preset}"
     )
@@ -912,7 +898,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         timings["corpora_s"] = build_corpora(preset, args.tasks)
     if not args.report_only and args.jobs > 1:
-        records = run_parallel(runs, runs_dir, args, args.jobs, start)
+        records = run_parallel(runs, runs_dir, args, start)
     elif not args.report_only:
         for i, run in enumerate(runs, 1):
             logger.info("sub-run %d/%d: %s (%.1f min so far)", i, len(runs), run.name,
@@ -924,10 +910,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings["runs_s"] = {r.name: r.wall_time_s for r in records}
     timings["total_s"] = round(time.perf_counter() - start, 1)
     timings["sum_of_runs_s"] = round(sum(r.wall_time_s for r in records), 1)
-    previous = _read_json(args.results_dir / f"{args.results_name}.json").get("timings", {})
-    if args.report_only and previous.get("runs_s") == timings["runs_s"]:
-        # the same finished sub-runs: keep the wall time of the invocation that ran them
-        timings.update(corpora_s=previous.get("corpora_s", {}), total_s=previous.get("total_s"))
+    previous = load_results(args.results_name, results_dir=args.results_dir) or {}
+    hardware = hardware_info()
+    if args.report_only and previous.get("timings", {}).get("runs_s") == timings["runs_s"]:
+        # the same finished sub-runs: keep the wall time and machine state of the invocation that ran them
+        timings.update(corpora_s=previous["timings"].get("corpora_s", {}), total_s=previous["timings"].get("total_s"))
+        hardware = previous.get("hardware", hardware)
 
     payload = {
         "benchmark": "label_efficiency",
@@ -938,8 +926,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tasks": args.tasks,
         "seeds": args.seeds,
         "jobs": args.jobs,
-        "threads_per_job": args.torch_threads
-        or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None),
+        "threads_per_job": args.threads_per_job,
         "protocol": {
             "pretraining": {
                 o: (f"recipes/{v[0]}.py {' '.join(v[1])}".strip() if v else None)
@@ -957,7 +944,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": [dataclasses.asdict(r) for r in records],
         "timings": timings,
         "command": "python benchmarks/label_efficiency.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "hardware": hardware_info(),
+        "hardware": hardware,
     }
     markdown = markdown_report(payload)
     write_results(args.results_name, payload, markdown, results_dir=args.results_dir)

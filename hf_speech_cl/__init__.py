@@ -4,7 +4,12 @@ Importing the package registers its model types (`simclr_audio`, `hubert_pretrai
 `ctc_probe`) with the `transformers` Auto classes, so `AutoModel.from_pretrained` loads the checkpoints it writes.
 """
 
-from .models import (
+from .stack import check_torch_stack
+
+# before transformers (which imports torchaudio): a mismatched torch stack is a clear error, not a linker trace
+check_torch_stack()
+
+from .models import (  # noqa: E402
     CTCProbeConfig,
     CTCProbeForCTC,
     HubertForPreTraining,

@@ -39,6 +39,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hf_speech_cl  # noqa: F401  (first: a mismatched torch stack is a clear error, not a linker trace)
+
+# isort: split
+
 from transformers import HfArgumentParser, Wav2Vec2Processor
 
 from hf_speech_cl.data import AudioCollator, DataArguments, make_dataloader

@@ -52,6 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hf_speech_cl  # noqa: F401  (first: a mismatched torch stack is a clear error, not a linker trace)
+
+# isort: split
+
 import datasets
 import torch
 from accelerate import PartialState

@@ -23,6 +23,10 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+import hf_speech_cl  # noqa: F401  (first: a mismatched torch stack is a clear error, not a linker trace)
+
+# isort: split
+
 from transformers import HfArgumentParser, Wav2Vec2FeatureExtractor
 
 from hf_speech_cl.augment import SimCLRAugment

@@ -25,6 +25,10 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
+import hf_speech_cl  # noqa: F401  (first: a mismatched torch stack is a clear error, not a linker trace)
+
+# isort: split
+
 from transformers import HfArgumentParser, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
 from hf_speech_cl.data import DataArguments, DataCollatorForWav2Vec2Pretraining, build_pretraining_dataloaders

@@ -2,8 +2,8 @@
 # One idempotent set-up step: Debian packages (ffmpeg for torchcodec, the TTS engines, sox, text
 # sources), a virtualenv in .venv, and this package installed into it (editable).
 # Run twice, the second run only checks and returns.
-#   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh --dev    # + pytest, ruff
+#   bash scripts/setup.sh          # everything, from requirements/lock.txt
+#   bash scripts/setup.sh --dev    # the same (kept for the README's test command and old habits)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,16 +31,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
-extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
-stamp=".venv/.hf_speech_cl-installed${extra}"
-want="$(sha256sum pyproject.toml | cut -c1-16)"
+# Every Python dependency comes from the committed lock (requirements/lock.txt, made by
+# scripts/lock.sh): a range on the torch stack is not a pin, since a newer torchaudio can appear that
+# the locked torch cannot load. The lock includes the dev tools (pytest, ruff), so --dev and the plain
+# run install the same environment; the package itself goes in editable, without resolving anything.
+stamp=".venv/.hf_speech_cl-installed"
+want="$(cat pyproject.toml requirements/lock.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing hf_speech_cl${extra} into .venv (first time: a few minutes, torch is large)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${extra}"
+  echo "[setup] installing the locked environment into .venv (first time: a few minutes, torch is large)"
+  .venv/bin/python -m pip install -q -r requirements/lock.txt
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip check
   echo "$want" > "$stamp"
-  # a dev install also satisfies the plain one
-  [ -n "$extra" ] && echo "$want" > ".venv/.hf_speech_cl-installed"
 fi
-echo "[setup] ready: $(.venv/bin/python -c 'import torch, torchaudio, transformers; print("torch", torch.__version__, "torchaudio", torchaudio.__version__, "transformers", transformers.__version__)')"
+echo "[setup] ready: $(.venv/bin/python -c 'import hf_speech_cl, torch, torchaudio, transformers; print("torch", torch.__version__, "torchaudio", torchaudio.__version__, "transformers", transformers.__version__)')"

@@ -89,6 +89,152 @@ def corpus() -> dict[str, datasets.Dataset]:
 # -- features ---------------------------------------------------------------------------------------------------------
 
 
+# fairseq examples/hubert/simple_kmeans/dump_mfcc_feature.py (MfccFeatureReader.get_feats) on the waveform of
+# `_fairseq_mfcc_input()`, computed once with torch/torchaudio 2.11.0 and frozen here: frames 0, 24 and 47 of 48.
+FAIRSEQ_MFCC_ROWS = {
+    0: [
+        3.74886,
+        -21.91770,
+        -1.58627,
+        5.00577,
+        24.18445,
+        24.74309,
+        -1.56084,
+        -31.70920,
+        -27.19751,
+        -14.02860,
+        -5.83610,
+        -31.70337,
+        -37.94101,
+        0.36286,
+        0.74912,
+        0.82204,
+        -2.83257,
+        -3.20330,
+        -1.51973,
+        1.38645,
+        2.05835,
+        0.71614,
+        0.66314,
+        -2.04579,
+        1.99599,
+        0.19445,
+        -0.09272,
+        -0.23880,
+        -0.10079,
+        0.50691,
+        0.82595,
+        0.65732,
+        0.22695,
+        -0.10203,
+        -0.36734,
+        -0.49772,
+        0.37839,
+        -0.62124,
+        -0.34956,
+    ],
+    24: [
+        3.98646,
+        -19.29198,
+        2.45418,
+        -1.05664,
+        13.19635,
+        21.64136,
+        2.72876,
+        -22.66792,
+        -30.70440,
+        -12.22052,
+        -1.56052,
+        -25.34765,
+        -50.37148,
+        0.07177,
+        -0.21008,
+        0.57708,
+        -0.76158,
+        -0.06758,
+        0.98729,
+        -2.14848,
+        0.01220,
+        2.58787,
+        0.65777,
+        -1.27736,
+        -2.11281,
+        0.61575,
+        0.08098,
+        -0.24988,
+        -0.27267,
+        0.32463,
+        0.54961,
+        -0.32710,
+        0.08509,
+        0.37012,
+        0.08304,
+        0.45819,
+        -0.78372,
+        -0.11157,
+        0.54519,
+    ],
+    47: [
+        3.54900,
+        -21.89364,
+        3.65522,
+        0.97855,
+        15.74134,
+        30.34942,
+        6.85484,
+        -29.98803,
+        -27.87567,
+        -5.73009,
+        -10.05128,
+        -33.70622,
+        -42.47189,
+        -0.43980,
+        0.00753,
+        1.24237,
+        0.27300,
+        0.07891,
+        1.02007,
+        0.58411,
+        -3.14062,
+        -1.55438,
+        0.84673,
+        1.76108,
+        -0.62582,
+        0.90792,
+        -0.05896,
+        0.08414,
+        0.14225,
+        -0.14786,
+        -0.01235,
+        0.02639,
+        -0.10152,
+        -0.39023,
+        -0.73174,
+        -0.32188,
+        0.19215,
+        0.41047,
+        0.46263,
+    ],
+}
+
+
+def _fairseq_mfcc_input() -> torch.Tensor:
+    rng = np.random.default_rng(1234)
+    t = np.arange(8000) / 16000
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 1330 * t) + 0.05 * rng.standard_normal(8000)
+    return torch.from_numpy(audio.astype(np.float32))
+
+
+def test_mfcc_equals_frozen_fairseq_values():
+    """Iteration-1 labels are only fairseq's if the MFCC is: a new torchaudio (or a DSP library swapped in for it)
+    that changes the window, mel bank, lifter or deltas moves these numbers."""
+    features = mfcc_features(_fairseq_mfcc_input(), 16000)
+    assert features.shape == (48, 39)
+    for frame, values in FAIRSEQ_MFCC_ROWS.items():
+        # float32 FFTs of different builds agree to ~1e-5 relative on values up to 50; rounding to 5 decimals adds 5e-6
+        torch.testing.assert_close(features[frame], torch.tensor(values), atol=2e-3, rtol=1e-4)
+
+
 def test_mfcc_matches_torchaudio_kaldi_with_deltas():
     waveform = torch.from_numpy(synthesize(["aa", "s", "iy"], [0.2, 0.15, 0.3], np.random.default_rng(0)))
     features = mfcc_features(waveform, SR)

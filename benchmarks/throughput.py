@@ -76,7 +76,7 @@ OBJECTIVES: dict[str, tuple[str, list[str]]] = {
     # one labelling iteration on MFCC k-means labels (K=100); later iterations train the same model
     "hubert": ("pretrain_hubert", ["--iterations", "1", "--num_clusters", "100"]),
 }
-SIZES = ("tiny", "small", "base")  # hf_speech_cl.presets.ENCODER_PRESETS
+SIZES = ("tiny", "small", "cpu", "gpu", "base")  # hf_speech_cl.presets.ENCODER_PRESETS
 DEFAULT_SIZES = {"cpu": "tiny,small", "cuda": "tiny,small,base"}  # base on 2 CPU cores: ~15 s per update
 DEFAULT_STEPS = {"cpu": (4, 1), "cuda": (20, 5)}  # (timed, warm-up) updates; CPU: ~10 min for the default
 
@@ -95,6 +95,97 @@ def gpu_peak_tflops(name: str) -> float | None:
         if all(part.lower() in name.lower() for part in key.split()):
             return peak
     return None
+
+
+def front_end_share(size: str, *, batch_size: int = 8, seconds: float = 4.0, steps: int = 3, seed: int = 0):
+    """Wall-time split of one `Wav2Vec2ForCTC` update of preset `size` between the front end and the Transformer.
+
+    Times forward + backward of (a) the whole model on `batch_size` random clips of `seconds` s with a CTC loss and
+    (b) the front end alone (`feature_extractor` + `feature_projection`, backward from the sum of its outputs),
+    median over `steps` repetitions after one warm-up, on the current device and thread count.
+
+    Returns:
+        dict: `params_m` (millions), `front_end_params_m`, `update_s` (a), `front_end_s` (b), `transformer_s`
+        (a - b), `front_end_share` (b / a).
+    """
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from hf_speech_cl.presets import encoder_preset
+
+    torch.manual_seed(seed)
+    model = Wav2Vec2ForCTC(Wav2Vec2Config(**encoder_preset(size), vocab_size=32, mask_time_prob=0.0)).train()
+    audio = torch.randn(batch_size, int(seconds * 16000))
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(audio.shape[1])))
+    labels = torch.randint(1, 32, (batch_size, max(1, frames // 4)))
+
+    def full() -> None:
+        model(input_values=audio, labels=labels).loss.backward()
+
+    def front() -> None:
+        hidden = model.wav2vec2.feature_extractor(audio).transpose(1, 2)
+        projected, _ = model.wav2vec2.feature_projection(hidden)
+        projected.sum().backward()
+
+    def median_time(fn) -> float:
+        times = []
+        for i in range(steps + 1):
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            fn()
+            if i:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    update_s, front_s = median_time(full), median_time(front)
+    params = sum(p.numel() for p in model.parameters())
+    front_params = sum(p.numel() for p in model.wav2vec2.feature_extractor.parameters()) + sum(
+        p.numel() for p in model.wav2vec2.feature_projection.parameters()
+    )
+    return {
+        "size": size,
+        "params_m": round(params / 1e6, 2),
+        "front_end_params_m": round(front_params / 1e6, 2),
+        "update_s": round(update_s, 3),
+        "front_end_s": round(front_s, 3),
+        "transformer_s": round(update_s - front_s, 3),
+        "front_end_share": round(front_s / update_s, 3),
+    }
+
+
+def run_front_end_share(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.torch_threads or int(os.environ.get("OMP_NUM_THREADS") or 1))
+    sizes = [s.strip() for s in (args.sizes or "tiny,small,cpu").split(",") if s.strip()]
+    seconds = args.crop_s or 4.0
+    rows = []
+    for size in sizes:
+        rows.append(front_end_share(size, batch_size=args.batch_size, seconds=seconds, steps=args.steps or 3))
+        logger.info("%s", rows[-1])
+    payload = {
+        "benchmark": "front_end_share",
+        "settings": {"batch_size": args.batch_size, "seconds": seconds, "threads": torch.get_num_threads()},
+        "hardware": hardware_info(),
+        "rows": rows,
+    }
+    lines = [
+        f"# Front end vs Transformer: one CTC update, {args.batch_size} x {seconds:g} s, "
+        f"{torch.get_num_threads()} thread(s)",
+        "",
+        "| preset | params (M) | front-end params (M) | update (s) | front end (s) | Transformer (s) | front-end share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['params_m']} | {r['front_end_params_m']} | {r['update_s']:.3f} | "
+            f"{r['front_end_s']:.3f} | {r['transformer_s']:.3f} | {100 * r['front_end_share']:.0f}% |"
+        )
+    markdown_text = "\n".join(lines) + "\n"
+    results_dir = Path(args.results_dir) if args.results_dir else None
+    write_results("front_end_share", payload, markdown_text, results_dir=results_dir)
+    print(markdown_text)
+    return payload
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -190,6 +281,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--results_dir", default=None, help="Where throughput.json/.md are written (default: benchmarks/results/)."
     )
     parser.add_argument("--overwrite", action="store_true", help="Redo runs whose results already exist.")
+    parser.add_argument(
+        "--front_end_share",
+        action="store_true",
+        help="Instead of the recipe runs: per preset of --sizes (default: tiny,small,cpu), the share of a CTC update "
+        "(forward + backward, batch_size x crop_s s, default 8 x 4 s) spent in the convolutional front end "
+        "(feature encoder + projection) against the Transformer. Written to benchmarks/results/front_end_share.*.",
+    )
     parser.add_argument("--run_one", default=None, help=argparse.SUPPRESS)  # internal: one run, in a child process
     args = parser.parse_args(argv)
     if args.run_one is not None:
@@ -709,6 +807,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         run_one(spec, Path(os.environ.get("BENCH_THROUGHPUT_OUTPUT") or ""))
         return None
 
+    if args.front_end_share:
+        return run_front_end_share(args)
     results_dir = Path(args.results_dir) if args.results_dir else None
     hardware = hardware_info()
     previous = load_results(RESULTS_NAME, results_dir=results_dir) or {}

@@ -6,7 +6,15 @@ feature encoder with a total stride of 320 samples = 20 ms at 16 kHz, then a Tra
 - `base`: the BASE model of wav2vec 2.0 (Baevski et al. 2020, §4.2) and HuBERT (Hsu et al. 2021, §IV-C):
   768 hidden, 12 layers, 12 heads, 3072 FFN, 512 conv channels, group-norm feature encoder; 95 M parameters.
 - `small`: 256 hidden, 4 layers, 256 conv channels; 5 M parameters (16 audio-s/s per 2-core CPU step, ENV.md).
-- `tiny`: 128 hidden, 2 layers, 64 conv channels; < 1 M parameters; what the offline defaults and CPU runs use.
+- `tiny`: 128 hidden, 2 layers, 64 conv channels; < 1 M parameters; what the offline defaults and tests use.
+- `cpu`: compute-shaped for a CPU: conv channels growing as the frame rate falls, (32, 64, 128, 128, 256, 256, 256),
+  under a 6 x 256 Transformer; 5.5 M parameters. The first convolutions run at 3.2 kHz and 1.6 kHz frame rates, so
+  `small`'s 256 channels there cost 5x its Transformer; here the front end costs no more than the Transformer
+  (`python benchmarks/throughput.py --front_end_share`). This is SEW's compact wave feature extractor idea (Wu et
+  al. 2021, "Performance-Efficiency Trade-offs in Unsupervised Pre-training for Speech Recognition", §4.1) in a
+  stock `Wav2Vec2Config` (no squeeze/upsample), so `Wav2Vec2ForPreTraining`, `Wav2Vec2ForCTC` and `HubertModel` load
+  it.
+- `gpu`: the `cpu` shape scaled for a GPU: channels (64, 128, 256, 256, 512, 512, 512), 8 x 512 Transformer.
 """
 
 from __future__ import annotations
@@ -37,6 +45,30 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
         "intermediate_size": 1024,
+        "num_conv_pos_embeddings": 128,
+        "num_conv_pos_embedding_groups": 16,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+    },
+    "cpu": {
+        **_CONV,
+        "conv_dim": (32, 64, 128, 128, 256, 256, 256),
+        "hidden_size": 256,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "intermediate_size": 1024,
+        "num_conv_pos_embeddings": 128,
+        "num_conv_pos_embedding_groups": 16,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+    },
+    "gpu": {
+        **_CONV,
+        "conv_dim": (64, 128, 256, 256, 512, 512, 512),
+        "hidden_size": 512,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "intermediate_size": 2048,
         "num_conv_pos_embeddings": 128,
         "num_conv_pos_embedding_groups": 16,
         "feat_extract_norm": "layer",

@@ -6,6 +6,9 @@
   that reports per-masked-frame losses (the stock model returns sums), codevector perplexity, masked fraction and the
   temperature, and warns when the codebook collapses (transformers #14387: contrastive loss → 0 with codevector
   perplexity ≈ number of groups).
+- `Wav2Vec2MaskSampler`: the loop's `batch_transform` that draws each micro-batch's masks and negatives from the
+  loop's `(seed, update, process, micro-batch)` generator (exact resume, deterministic evaluation), and
+  `wav2vec2_loss_normalizer`: the masked-frame count fairseq divides the summed loss by.
 - `check_pretraining_setup(config, min_input_samples)`: refuses set-ups that give NaN losses or nothing to learn
   (clips too short for the masks and the negatives; transformers #17834, #19588) and says what to change.
 """
@@ -16,14 +19,17 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Wav2Vec2Config
 
 __all__ = [
     "WAV2VEC2_PRETRAINING_DEFAULTS",
+    "Wav2Vec2MaskSampler",
     "Wav2Vec2PretrainingMonitor",
     "check_pretraining_setup",
     "gumbel_temperature",
+    "wav2vec2_loss_normalizer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +82,42 @@ def gumbel_temperature(
     Baevski et al. 2020 §4.2 and fairseq's `Wav2Vec2Model.set_num_updates` (defaults 2, 0.5, 0.999995).
     """
     return max(max_temperature * decay**update, min_temperature)
+
+
+class Wav2Vec2MaskSampler:
+    """`batch_transform` of the shared loop: redraw `mask_time_indices` and `sampled_negative_indices` per micro-batch.
+
+    The collator draws masks when the DataLoader collates, i.e. ahead of time (accelerate prefetches a batch) and
+    from a NumPy state that a resumed run cannot reproduce. This transform draws them again, on the training device,
+    with NumPy's global generator seeded from the loop's micro-batch generator (a function of `(seed, update,
+    process, micro-batch)`; `(seed, -1, process, batch)` in evaluation) and restores NumPy's state afterwards. So
+    masks and negatives of update u are the same in an uninterrupted and a resumed run, and an evaluation of the
+    same checkpoint sees the same masks twice.
+
+    Args:
+        collator: the `DataCollatorForWav2Vec2Pretraining` of the run (its `add_masks` does the drawing).
+    """
+
+    def __init__(self, collator: Any):
+        self.collator = collator
+
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        seed = int(torch.randint(0, 2**32 - 1, (1,), generator=generator, device=generator.device).item())
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            return self.collator.add_masks(dict(batch))
+        finally:
+            np.random.set_state(state)
+
+
+def wav2vec2_loss_normalizer(batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
+    """Masked frames of the micro-batch (0-d): the stock `Wav2Vec2ForPreTraining` loss is a sum over them.
+
+    The loop sums these counts over the micro-batches and processes of an update and divides the summed losses by the
+    total (fairseq `Wav2vecCriterion`'s `sample_size`; transformers' `run_wav2vec2_pretraining_no_trainer.py`).
+    """
+    return batch["mask_time_indices"].sum()
 
 
 class Wav2Vec2PretrainingMonitor:

@@ -77,6 +77,7 @@ from hf_speech_cl.training import (
     TrainResult,
     finalize_pretraining,
     make_accelerator,
+    make_partial_state,
     push_folder_to_hub,
     train,
 )
@@ -346,6 +347,11 @@ def stage_for_hub(output_dir: Path) -> Path:
     return staging
 
 
+def hubert_loss_normalizer(batch: dict[str, Any], outputs: Any) -> tuple[Any, Any]:
+    """(summed loss, sample_size) of a `HubertForPreTraining` output, for the shared loop's `loss_normalizer`."""
+    return outputs.loss * outputs.sample_size, outputs.sample_size
+
+
 def finish(folder: Path, **record: Any) -> None:
     """Mark a training stage done (read back by `is_stage_complete`)."""
     (folder / STAGE_MARKER).write_text(json.dumps(record, indent=2))
@@ -365,7 +371,7 @@ def main(argv: list[str] | None = None) -> Path:
     hubert_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    state = PartialState()
+    state = make_partial_state()  # several processes also on a CPU-only machine (gloo)
     output_dir = Path(args.output_dir)
     feature_extractor = Wav2Vec2FeatureExtractor(
         sampling_rate=data_args.sampling_rate, do_normalize=True, return_attention_mask=True
@@ -485,6 +491,10 @@ def main(argv: list[str] | None = None) -> Path:
                 accelerator=accelerator,
                 sampling_rate=feature_extractor.sampling_rate,
                 eval_dataloader=eval_loader,
+                # fairseq: summed loss / masked frames of all micro-batches and processes of the update
+                loss_normalizer=hubert_loss_normalizer,
+                # layer drop (paper: 0.05) skips whole layers: DDP must expect parameters without gradient
+                find_unused_parameters=config.layerdrop > 0,
                 hparams={
                     "iteration": iteration,
                     "num_clusters": num_clusters,

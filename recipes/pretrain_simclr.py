@@ -56,6 +56,14 @@ class SimCLRArguments:
     )
     projection_dim: int = field(default=128, metadata={"help": "Output size of the projection head."})
     nt_xent_temperature: float = field(default=0.1, metadata={"help": "NT-Xent temperature tau (SimCLR eq. 1)."})
+    layerdrop: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of skipping each Transformer layer of the encoder per update (LayerDrop; SimCLR "
+            "uses none, wav2vec 2.0 BASE 0.05). Works on several processes: DDP is then told to expect unused "
+            "parameters."
+        },
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={
@@ -69,9 +77,9 @@ def build_model(model_args: SimCLRArguments) -> SimCLRAudioForPreTraining:
     if model_args.model_name_or_path:
         return SimCLRAudioForPreTraining.from_pretrained(model_args.model_name_or_path)
     config = SimCLRAudioConfig(
-        # a dict is merged over SimCLRAudioConfig's backbone defaults (no LayerDrop, no SpecAugment: both leave
-        # parameters without gradient in some steps, which DDP rejects, and the views are augmented already)
-        backbone_config=encoder_preset(model_args.model_size),
+        # a dict is merged over SimCLRAudioConfig's backbone defaults (no SpecAugment: the views are augmented
+        # already; LayerDrop only with --layerdrop, and then `train` lets DDP find the unused parameters)
+        backbone_config={**encoder_preset(model_args.model_size), "layerdrop": model_args.layerdrop},
         granularity=model_args.granularity,
         projection_dim=model_args.projection_dim,
         nt_xent_temperature=model_args.nt_xent_temperature,
@@ -119,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         sampling_rate=feature_extractor.sampling_rate,
         batch_transform=augment,
         eval_dataloader=eval_loader,
+        find_unused_parameters=config.backbone_config.layerdrop > 0,  # a dropped layer has no gradient
         hparams={"granularity": config.granularity, "model_size": model_args.model_size},
     )
 

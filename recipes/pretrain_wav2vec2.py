@@ -36,8 +36,10 @@ from hf_speech_cl.presets import ENCODER_PRESETS, encoder_preset
 from hf_speech_cl.training import PretrainingArguments, finalize_pretraining, make_accelerator, train
 from hf_speech_cl.wav2vec2_pretraining import (
     WAV2VEC2_PRETRAINING_DEFAULTS,
+    Wav2Vec2MaskSampler,
     Wav2Vec2PretrainingMonitor,
     check_pretraining_setup,
+    wav2vec2_loss_normalizer,
 )
 
 logger = logging.getLogger("pretrain_wav2vec2")
@@ -146,10 +148,13 @@ def main(argv: list[str] | None = None) -> None:
         args,
         accelerator=accelerator,
         sampling_rate=feature_extractor.sampling_rate,
+        batch_transform=Wav2Vec2MaskSampler(collator),  # masks from (seed, update, process, micro-batch)
         step_callbacks=[monitor.step],
         metrics_fn=monitor.metrics,
-        loss_normalizer=lambda batch: batch["mask_time_indices"].sum(),
+        loss_normalizer=wav2vec2_loss_normalizer,
         eval_dataloader=eval_loader,
+        # layer drop (Wav2Vec2Config default 0.1) skips whole layers: DDP must expect parameters without gradient
+        find_unused_parameters=config.layerdrop > 0,
         hparams={"model_size": model_args.model_size, "feat_extract_norm": config.feat_extract_norm},
     )
     out = finalize_pretraining(

@@ -174,10 +174,11 @@ def test_loss_normalizer_divides_summed_loss(tmp_path):
             out.loss = out.loss * batch["input_values"].shape[0]  # a summed loss
             return out
 
-    def normalizer(batch):
+    def normalizer(batch, outputs):
         seen.append(batch["input_values"].shape[0])
         return torch.tensor(float(batch["input_values"].shape[0]))
 
+    torch.manual_seed(0)  # the weights, whatever earlier tests left in the global generator
     _, result = run(make_args(tmp_path, max_steps=20), model=SumModel(), loss_normalizer=normalizer)
     assert len(seen) == 20
     assert result.last_metrics["mse"] < 0.1 * result.first_metrics["mse"]
@@ -248,3 +249,69 @@ def test_eval_fn_is_called_periodically_and_at_the_end(tmp_path):
     assert result.eval_metrics == {"eval_score": 3.0}
     logged = [r for r in read_metrics(tmp_path / "run" / "logs") if "eval_score" in r]
     assert [r["step"] for r in logged] == [2, 4, 6]
+
+
+class BatchNormToy(ToyModel):
+    """ToyModel with a BatchNorm on the clip means (running statistics updated in every training forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(1)
+
+    def forward(self, input_values, attention_mask, targets):
+        mean = (input_values * attention_mask).sum(-1, keepdim=True) / attention_mask.sum(-1, keepdim=True)
+        predictions = self.linear(self.norm(mean)).squeeze(-1)
+        loss = torch.nn.functional.mse_loss(predictions, targets)
+        return ToyOutput(loss=loss, mse=loss.detach(), predictions=predictions)
+
+
+def test_a_nan_batch_leaves_normalisation_statistics_and_checkpoint_finite(tmp_path):
+    from safetensors.torch import load_file
+
+    loader = toy_loader()
+    collate, calls = loader.collate_fn, [0]
+
+    def collate_with_nan(items):  # the third batch holds a clip of NaN samples
+        calls[0] += 1
+        batch = collate(items)
+        if calls[0] == 3:
+            batch["input_values"][0] = float("nan")
+        return batch
+
+    loader.collate_fn = collate_with_nan
+    args = make_args(tmp_path, max_steps=4, save_steps=4)
+    torch.manual_seed(0)
+    model = BatchNormToy()
+    result = train(model, loader, args, accelerator=make_accelerator(args), sampling_rate=SAMPLING_RATE)
+    assert result.nonfinite_updates == 1
+    assert int(model.norm.num_batches_tracked) == 3  # the skipped update's forward pass is not counted
+    for name, buffer in model.named_buffers():
+        assert torch.isfinite(buffer.float()).all(), name
+    saved = load_file(find_last_checkpoint(args.output_dir) / "model.safetensors")
+    assert all(torch.isfinite(t.float()).all() for t in saved.values())
+
+
+def test_evaluation_is_deterministic_and_leaves_the_training_stream_alone(tmp_path):
+    import numpy as np
+
+    from hf_speech_cl.training import evaluate
+
+    class NoisyToy(ToyModel):
+        """A loss with draws from torch's and NumPy's global generators (like HuBERT's masks)."""
+
+        def forward(self, **batch):
+            out = super().forward(**batch)
+            out.loss = out.loss + torch.rand(()) + float(np.random.rand())
+            return out
+
+    args = make_args(tmp_path)
+    accelerator = make_accelerator(args)
+    model = NoisyToy()
+    torch.manual_seed(5)
+    np.random.seed(5)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy())
+    first = evaluate(model, toy_loader(), accelerator, seed=args.seed)
+    second = evaluate(model, toy_loader(), accelerator, seed=args.seed)
+    assert first == second and first["eval_loss"] > 0
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert (np.random.get_state()[1] == before[1]).all()

@@ -205,7 +205,18 @@ class DataCollatorForWav2Vec2Pretraining:
         batch = self._audio(features)
         if batch is None:
             return None
-        attention_mask = batch["attention_mask"]
+        return self.add_masks(batch)
+
+    def add_masks(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Draw `mask_time_indices` and `sampled_negative_indices` (see the class docstring) for a padded batch.
+
+        Uses NumPy's global generator. The training loop calls this again as a `batch_transform`
+        (`hf_speech_cl.wav2vec2_pretraining.Wav2Vec2MaskSampler`) after seeding that generator from `(seed, update,
+        process, micro-batch)`, so a resumed run draws the masks of the uninterrupted one. Works on any device
+        (masks are drawn on the CPU and moved to `attention_mask`'s device).
+        """
+        device = batch["attention_mask"].device
+        attention_mask = batch["attention_mask"].cpu()
         batch_size, num_samples = attention_mask.shape
         num_frames = int(self._geometry._get_feat_extract_output_lengths(torch.tensor(num_samples)))
         if num_frames < 1:
@@ -245,14 +256,14 @@ class DataCollatorForWav2Vec2Pretraining:
                 continue
             negatives[row] = _sample_negative_indices((1, num_frames), self.num_negatives, mask[row : row + 1])[0]
             negatives[row] += row * num_frames
-        batch["mask_time_indices"] = torch.from_numpy(mask)
-        batch["sampled_negative_indices"] = torch.from_numpy(negatives)
+        batch["mask_time_indices"] = torch.from_numpy(mask).to(device)
+        batch["sampled_negative_indices"] = torch.from_numpy(negatives).to(device)
         if self.return_sub_attention_mask:
-            batch["sub_attention_mask"] = frame_mask.long()
+            batch["sub_attention_mask"] = frame_mask.long().to(device)
         return batch
 
 
-def num_masked_frames(batch: dict[str, Any]) -> torch.Tensor:
+def num_masked_frames(batch: dict[str, Any], outputs: Any = None) -> torch.Tensor:
     """Masked frames in a `DataCollatorForWav2Vec2Pretraining` batch (0-d int64): the `loss_normalizer` of the loop.
 
     fairseq's wav2vec 2.0 criterion and transformers' pretraining example divide the summed contrastive loss by the

@@ -9,7 +9,17 @@ from .export import (
     save_pretrained_atomic,
     write_model_card,
 )
-from .loop import NonFiniteLossError, TrainResult, evaluate, make_accelerator, step_generator, train
+from .loop import (
+    NonFiniteLossError,
+    TrainResult,
+    evaluate,
+    make_accelerator,
+    make_partial_state,
+    micro_batch_seed,
+    seed_global_generators,
+    step_generator,
+    train,
+)
 from .tracking import JSONLinesTracker, read_metrics
 
 __all__ = [
@@ -22,10 +32,13 @@ __all__ = [
     "find_last_checkpoint",
     "list_checkpoints",
     "make_accelerator",
+    "make_partial_state",
+    "micro_batch_seed",
     "push_folder_to_hub",
     "read_metrics",
     "render_model_card",
     "save_pretrained_atomic",
+    "seed_global_generators",
     "step_generator",
     "train",
     "write_model_card",

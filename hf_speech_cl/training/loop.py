@@ -5,16 +5,33 @@ other 0-d tensor fields (loss components, retrieval accuracy, codevector perplex
 What differs between objectives enters through three hooks:
 
 - `batch_transform(batch, generator) -> batch`: runs on the training device after the batch is moved there (SimCLR's
-  two augmented views). `generator` is seeded from `(seed, update, process, micro-batch)`, so augmentation is
-  reproducible and a resumed run draws exactly what an uninterrupted one would have.
+  two augmented views, wav2vec 2.0's masks and negatives). `generator` is seeded from `(seed, update, process,
+  micro-batch index within the update)`, so augmentation is reproducible and a resumed run draws exactly what an
+  uninterrupted one would have.
 - `step_callbacks`: each is called as `callback(model, update)` before every forward pass of that update (e.g. the
   Gumbel-softmax temperature decay of wav2vec 2.0).
 - `metrics_fn(outputs, batch) -> dict[str, tensor]`: what to log from a forward pass (default: every 0-d float field
   of the output). Objective-specific metrics (per-frame losses, masked fraction) come from here.
-- `loss_normalizer(batch) -> tensor`: a count (e.g. masked frames) for models whose loss is a *sum*; the loss is
-  divided by that count summed over all processes and multiplied by the number of processes, so that after DDP's
-  gradient averaging the update equals the gradient of (total loss / total count) — the normalisation of fairseq's
-  wav2vec 2.0 criterion and transformers' `run_wav2vec2_pretraining_no_trainer.py`.
+- `loss_normalizer(batch, outputs) -> count | (summed_loss, count)`: for losses that fairseq normalises by a
+  `sample_size` (masked frames). Either the count of the micro-batch, when `outputs.loss` is already a sum over it
+  (stock `Wav2Vec2ForPreTraining`), or the pair (sum, count) for a model that returns a mean (HuBERT:
+  `(loss * sample_size, sample_size)`). The sums of all micro-batches of all processes are back-propagated, the
+  counts are all-reduced once per update, and the gradients are multiplied by `processes * accumulation_steps /
+  total count` before clipping: the update is the gradient of (sum of all losses) / (total count), as fairseq's
+  `Trainer.train_step` does (`optimizer.multiply_grads(num_processes / sample_size)`), whatever the accumulation.
+
+Randomness (exact resume): before every micro-batch, Python's, NumPy's and torch's global generators (CPU and CUDA)
+are seeded from `micro_batch_seed(seed, update, process, micro-batch)`, so dropout, layer drop and masks drawn
+inside `forward` (HuBERT) are a function of those four numbers only; data order and crops are functions of
+`(seed, epoch)` in the data pipeline. A run resumed from `checkpoint-{k}` therefore repeats exactly the draws of the
+uninterrupted run from update k on (to float tolerance; bit-identical on one thread). Evaluation seeds the same
+generators from `(seed, -1, process, batch)` and restores their states afterwards: the same checkpoint gets the
+same score twice and evaluating does not change the training stream.
+
+Robustness: a batch that is `None` on any process (no readable clip) is skipped by every process together (one
+flag all-reduced per micro-batch when there are several processes), counted in `skipped_batches` and logged; an
+update whose loss or gradient is not finite is skipped and the model's buffers (BatchNorm running statistics,
+`num_batches_tracked`) are restored to what they were before that update's forward passes.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from collections import defaultdict
@@ -30,8 +48,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -46,15 +65,25 @@ from .checkpointing import (
     read_trainer_state,
     remove_incomplete_checkpoints,
 )
-from .tracking import JSONLinesTracker
+from .tracking import JSONLinesTracker, truncate_metrics
 
-__all__ = ["NonFiniteLossError", "TrainResult", "evaluate", "make_accelerator", "step_generator", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "evaluate",
+    "make_accelerator",
+    "make_partial_state",
+    "micro_batch_seed",
+    "seed_global_generators",
+    "step_generator",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
 BatchTransform = Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
 StepCallback = Callable[[torch.nn.Module, int], None]
-LossNormalizer = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+LossNormalizer = Callable[[dict[str, torch.Tensor], Any], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 MetricsFn = Callable[[Any, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
@@ -74,6 +103,7 @@ class TrainResult:
         audio_seconds: seconds of input audio consumed in total, over all processes and runs.
         audio_seconds_per_second: throughput of this call, over all processes.
         nonfinite_updates: updates skipped because the loss or gradient was NaN/inf.
+        skipped_batches: micro-batches every process skipped because one process had no readable clip.
         resumed_from: the checkpoint this call continued from, if any.
     """
 
@@ -85,6 +115,7 @@ class TrainResult:
     audio_seconds: float = 0.0
     audio_seconds_per_second: float = 0.0
     nonfinite_updates: int = 0
+    skipped_batches: int = 0
     resumed_from: str | None = None
 
 
@@ -103,11 +134,8 @@ def make_accelerator(args: PretrainingArguments) -> Accelerator:
     kwargs_handlers = []
     if args.ddp_find_unused_parameters:
         kwargs_handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    # Under torchrun on a machine without CUDA, accelerate only reaches MULTI_CPU (gloo) with cpu=True; without it,
-    # every process believes it is process 0 of 1 while torch.distributed is initialised (accelerate 1.15).
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        cpu=multi_process and not torch.cuda.is_available(),
+        cpu=_multi_cpu(),
         kwargs_handlers=kwargs_handlers,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -116,6 +144,18 @@ def make_accelerator(args: PretrainingArguments) -> Accelerator:
     )
     set_seed(args.seed, device_specific=False)
     return accelerator
+
+
+def _multi_cpu() -> bool:
+    """Under torchrun on a machine without CUDA, accelerate only reaches MULTI_CPU (gloo) with cpu=True; without it,
+    every process believes it is process 0 of 1 while torch.distributed is initialised (accelerate 1.15)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def make_partial_state() -> PartialState:
+    """accelerate's `PartialState` as `make_accelerator` sets it up (gloo on CPU-only machines under torchrun), for
+    work before the accelerator exists (e.g. HuBERT's label stages with `main_process_first`)."""
+    return PartialState(cpu=_multi_cpu())
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -146,11 +186,61 @@ def _audio_seconds(batch: dict[str, Any], sampling_rate: int) -> float:
 
 def step_generator(device: torch.device, seed: int, update: int, process: int, micro: int) -> torch.Generator:
     """The random generator of one micro-batch's `batch_transform` (masks, augmentations): a pure function of the run
-    seed, the update (-1 in evaluation), the process index and the micro-batch index, so a resumed or re-run update
-    draws the same numbers, and every process different ones."""
+    seed, the update (-1 in evaluation), the process index and the micro-batch index within the update (in
+    evaluation: the batch index), so a resumed or re-run update draws the same numbers, and every process different
+    ones."""
     generator = torch.Generator(device=device)
     generator.manual_seed((seed * 1_000_003 + update * 10_007 + process * 101 + micro) % (2**63 - 1))
     return generator
+
+
+def micro_batch_seed(seed: int, update: int, process: int, micro: int) -> int:
+    """A 63-bit seed mixing `(seed, update, process, micro)` through `numpy.random.SeedSequence` (update -1 and up)."""
+    entropy = [seed % 2**32, update + 1, process, micro]
+    return int(np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def seed_global_generators(seed: int, update: int, process: int, micro: int) -> None:
+    """Seed Python's `random`, NumPy's global generator and torch's CPU and CUDA default generators from
+    `micro_batch_seed(...)`: dropout, layer drop (`torch.rand` in transformers' encoders) and masks drawn with
+    NumPy's global generator (transformers' `_compute_mask_indices`) become functions of those four numbers."""
+    value = micro_batch_seed(seed, update, process, micro)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)  # also every CUDA device's default generator
+
+
+def _global_rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_global_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process if `flag` is true on any (one small all-reduce; none on a single process)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum") > 0)
+
+
+def _normalizer_count(
+    normalized: torch.Tensor | tuple[torch.Tensor, torch.Tensor], loss: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`loss_normalizer`'s answer as (summed loss, count as a float tensor on the loss's device)."""
+    if isinstance(normalized, (tuple, list)):
+        loss, count = normalized
+    else:
+        count = normalized
+    return loss, torch.as_tensor(count).detach().float().to(loss.device).reshape(())
 
 
 @torch.no_grad()
@@ -166,9 +256,12 @@ def evaluate(
 ) -> dict[str, float]:
     """Average every scalar output field over `dataloader` (all processes), model in eval mode.
 
-    `batch_transform` draws from a generator with a fixed seed, so the same checkpoint always gets the same score.
+    `batch_transform` draws from a generator with a fixed seed, and the global generators (masks drawn inside
+    `forward`) are seeded per batch from `(seed, -1, process, batch)` and restored afterwards, so the same
+    checkpoint always gets the same score and evaluating leaves the training stream untouched.
     """
     was_training = model.training
+    rng_state = _global_rng_state()
     model.eval()
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
     count = torch.zeros((), device=accelerator.device)
@@ -177,6 +270,7 @@ def evaluate(
             break
         if batch is None:
             continue
+        seed_global_generators(seed, -1, accelerator.process_index, index)
         if batch_transform is not None:
             batch = batch_transform(
                 batch, step_generator(accelerator.device, seed, -1, accelerator.process_index, index)
@@ -187,6 +281,7 @@ def evaluate(
             sums[key] = sums[key] + value.detach().float()
         count += 1
     model.train(was_training)
+    _set_global_rng_state(rng_state)
     total = accelerator.reduce(count, reduction="sum")
     if float(total) == 0:
         return {}
@@ -209,6 +304,7 @@ def train(
     eval_dataloader: torch.utils.data.DataLoader | None = None,
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     hparams: dict[str, Any] | None = None,
+    find_unused_parameters: bool | None = None,
 ) -> TrainResult:
     """Train `model` for `args.max_steps` updates; resume from the newest checkpoint in `args.output_dir`.
 
@@ -226,6 +322,10 @@ def train(
             prepared model on every process every `args.eval_steps` updates and at the end; returns metrics that
             are logged (prefix them yourself, e.g. `eval_wer`) and merged into `TrainResult.eval_metrics`.
         hparams: extra values stored with the trackers' run configuration.
+        find_unused_parameters: let DistributedDataParallel tolerate parameters without a gradient in an update
+            (layer drop: transformers skips a dropped layer, and without this the second update raises "Expected
+            to have finished reduction in the prior iteration"). Recipes pass `config.layerdrop > 0`. Default:
+            `args.ddp_find_unused_parameters`. Only matters with several processes.
 
     Returns:
         A `TrainResult`. The trained model is `accelerator.unwrap_model(model)` (the object passed in).
@@ -255,6 +355,8 @@ def train(
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_steps * accelerator.num_processes,
     )
+    if find_unused_parameters and accelerator.ddp_handler is None:
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
     model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
     if eval_dataloader is not None:
         eval_dataloader = accelerator.prepare(eval_dataloader)
@@ -266,6 +368,7 @@ def train(
         "batches_in_epoch": 0,
         "audio_seconds": 0.0,
         "nonfinite_updates": 0,
+        "skipped_batches": 0,
         "first_metrics": {},
     }
     resumed_from = find_last_checkpoint(output_dir) if args.resume else None
@@ -276,6 +379,17 @@ def train(
             f"Resuming from {resumed_from} at update {state['global_step']} "
             f"(epoch {state['epoch']}, batch {state['batches_in_epoch']})"
         )
+
+    if accelerator.is_main_process:
+        # one history: rows a killed run logged after the checkpoint we continue from are dropped
+        dropped = truncate_metrics(output_dir / "logs", state["global_step"])
+        if dropped:
+            logger.warning(
+                "Dropped %d rows of logs/metrics.jsonl logged after update %d by the interrupted run",
+                dropped,
+                state["global_step"],
+            )
+    accelerator.wait_for_everyone()
 
     run_config = {**asdict(args), **(hparams or {})}
     accelerator.init_trackers(args.run_name or output_dir.name, config=_flat_config(run_config))
@@ -296,7 +410,9 @@ def train(
     run_start = interval_start
     run_audio = 0.0
     consecutive_nonfinite = 0
-    micro = 0
+    micro = 0  # micro-batch index within the current update
+    update_count = torch.zeros((), device=accelerator.device)  # loss_normalizer counts of this update, this process
+    buffers_before: dict[str, torch.Tensor] = {}
     max_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
     model.train()
 
@@ -310,12 +426,24 @@ def train(
         for batch in loader:
             yielded = True
             state["batches_in_epoch"] += 1
-            if batch is None:
-                continue
             step = state["global_step"]
+            if _any_process(accelerator, batch is None):
+                # every process skips together: one process alone entering forward/backward would wait forever in
+                # DDP's all-reduce (or SimCLR's all-gather)
+                state["skipped_batches"] += 1
+                logger.warning(
+                    "update %d: a batch without any readable clip on %s; every process skips it (%d skipped so far)",
+                    step,
+                    "this process" if batch is None else "another process",
+                    state["skipped_batches"],
+                )
+                continue
             seconds = _audio_seconds(batch, sampling_rate)
             interval_audio += seconds
             run_audio += seconds
+            if micro == 0:
+                buffers_before = {name: b.detach().clone() for name, b in model.named_buffers()}
+            seed_global_generators(args.seed, step, accelerator.process_index, micro)
             with accelerator.accumulate(model):
                 for callback in callbacks:
                     callback(accelerator.unwrap_model(model), step)
@@ -328,16 +456,23 @@ def train(
                 loss = outputs.loss
                 logged = metrics_fn(outputs, batch) if metrics_fn is not None else _scalar_outputs(outputs)
                 if loss_normalizer is not None:
-                    local = loss_normalizer(batch).detach().float().to(loss.device)
-                    count = accelerator.reduce(local.clone(), "sum")
+                    loss, local = _normalizer_count(loss_normalizer(batch, outputs), loss)
+                    update_count = update_count + local
                     if metrics_fn is None:
                         logged["loss"] = loss.detach().float() / local.clamp(min=1)
-                    loss = loss * accelerator.num_processes / count.clamp(min=1)
                 accelerator.backward(loss)
                 for key, value in logged.items():
                     sums[key] = sums[key] + value
                 micro_batches += 1
                 if accelerator.sync_gradients:
+                    if loss_normalizer is not None:
+                        # fairseq: gradient of (sum over micro-batches and processes) / (total count), the count
+                        # all-reduced once per update; undoes accelerate's 1/accumulation and DDP's 1/processes
+                        total = accelerator.reduce(update_count, "sum").clamp(min=1)
+                        factor = accelerator.num_processes * accelerator.gradient_accumulation_steps / total
+                        for param in model.parameters():
+                            if param.grad is not None:
+                                param.grad.mul_(factor.to(param.grad.dtype))
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
                     finite = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)))
                     if finite and torch.isfinite(loss.detach()).all():
@@ -345,6 +480,11 @@ def train(
                         scheduler.step()
                         consecutive_nonfinite = 0
                     else:
+                        # the forward passes already moved BatchNorm running statistics: put them back
+                        with torch.no_grad():
+                            for name, buffer in model.named_buffers():
+                                if name in buffers_before:
+                                    buffer.copy_(buffers_before[name])
                         state["nonfinite_updates"] += 1
                         consecutive_nonfinite += 1
                         logger.warning(
@@ -361,6 +501,8 @@ def train(
                                 f"The last good checkpoint is {find_last_checkpoint(output_dir)}."
                             )
                     optimizer.zero_grad(set_to_none=True)
+                    micro = 0
+                    update_count = torch.zeros((), device=accelerator.device)
 
             if not accelerator.sync_gradients:
                 continue
@@ -377,6 +519,7 @@ def train(
                 metrics["audio_seconds_per_second"] = audio / max(elapsed, 1e-9)
                 metrics["audio_hours_seen"] = state["audio_seconds"] / 3600
                 metrics["epoch"] = state["epoch"]
+                metrics["skipped_batches"] = state["skipped_batches"]
                 if not state["first_metrics"]:
                     state["first_metrics"] = metrics
                 result.last_metrics = metrics
@@ -425,6 +568,7 @@ def train(
     result.global_step = state["global_step"]
     result.first_metrics = state["first_metrics"]
     result.nonfinite_updates = state["nonfinite_updates"]
+    result.skipped_batches = state["skipped_batches"]
     result.audio_seconds = state["audio_seconds"]
     result.wall_time_s = time.perf_counter() - run_start
     total_run_audio = float(accelerator.reduce(torch.tensor(run_audio, device=accelerator.device), "sum"))

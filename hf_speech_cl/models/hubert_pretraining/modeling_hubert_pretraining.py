@@ -229,6 +229,11 @@ class HubertForPreTrainingOutput(ModelOutput):
             (fairseq logs it in bits).
         loss_masked: mean cross-entropy over masked labelled frames (detached: for logging; `loss` carries the
             gradient).
+        sample_size: 0-d int64, the `n` that `loss` is divided by (fairseq `HubertCriterion`'s `sample_size`).
+            Under gradient accumulation or several processes fairseq normalises by the total over all micro-batches
+            and processes: pass `loss_normalizer=lambda batch, out: (out.loss * out.sample_size, out.sample_size)`
+            to the shared loop (`loss * sample_size` is fairseq's summed loss, the feature penalty scaled by
+            `sample_size` as its criterion does).
         loss_unmasked: mean cross-entropy over unmasked labelled frames (computed even when its weight is 0).
         feature_penalty: mean squared activation of the convolutional features of real (non-padding) frames.
         accuracy_masked: top-1 accuracy of the cluster prediction on masked labelled frames.
@@ -254,6 +259,7 @@ class HubertForPreTrainingOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    sample_size: torch.LongTensor | None = None  # last: the positions of the fields above stay those of before
 
 
 class HubertForPreTraining(HubertPreTrainedModel):
@@ -480,6 +486,7 @@ class HubertForPreTraining(HubertPreTrainedModel):
         return HubertForPreTrainingOutput(
             loss=loss,
             loss_masked=sum_masked.detach() / num_masked.clamp(min=1),
+            sample_size=sample_size.clamp(min=1).long(),
             loss_unmasked=sum_unmasked.detach() / num_unmasked.clamp(min=1),
             feature_penalty=feature_penalty.detach(),
             accuracy_masked=(correct * masked).sum() / num_masked.clamp(min=1),

@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             config.backbone_config,
             batch_size=args.per_device_train_batch_size,
             seed=args.seed,
+            min_clips=2,  # NT-Xent: every anchor needs a negative
         )
     augment = SimCLRAugment.from_config(config)
 

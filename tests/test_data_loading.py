@@ -211,6 +211,8 @@ def test_duration_filters_and_bad_files_are_counted_not_raised(tmp_path):
         "too_long": 1,
         "resampled": 0,
         "cropped": 0,
+        "non_finite": 0,
+        "padded": 0,
     }
     assert sorted(dataset.lengths) == [int(0.2 * SR), SR, 2 * SR]
 

@@ -31,9 +31,10 @@ class DataArguments:
         default="synthetic-librispeech",
         metadata={
             "help": "What to load: an offline corpus (synthetic-librispeech, synthetic-speech-commands, "
-            "synthetic-prosody; built on first use), a folder written by `save_to_disk`, a folder of audio files "
-            "(audiofolder, optional metadata.csv), or a Hub dataset id such as openslr/librispeech_asr. "
-            "Default: synthetic-librispeech."
+            "synthetic-prosody; built on first use), a folder written by `save_to_disk`, a local copy of a Hub "
+            "dataset (a folder of Parquet/Arrow/JSON/CSV shards such as data/train-00000-of-00001.parquet), a "
+            "folder of audio files (audiofolder, optional metadata.csv), or a Hub dataset id such as "
+            "openslr/librispeech_asr."
         },
     )
     dataset_config: str | None = field(
@@ -69,10 +70,11 @@ class DataArguments:
     label_column: str = field(
         default="label", metadata={"help": "Column holding class labels (classification). Default: label."}
     )
-    speaker_column: str = field(
+    speaker_column: str | None = field(
         default="speaker_id",
         metadata={
-            "help": "Column holding speaker ids (speaker-balanced `train_minutes` subsets). Default: speaker_id."
+            "help": "Column of speaker ids that `--train_minutes` subsets are balanced over (Libri-light style); "
+            "`none`: a seeded random subset, for data without speakers. Only read when --train_minutes is set."
         },
     )
     sampling_rate: int = field(
@@ -92,15 +94,25 @@ class DataArguments:
     max_duration_s: float | None = field(
         default=20.0,
         metadata={
-            "help": "Drop clips longer than this many seconds (before cropping); 0: keep all. Default: 20.0 "
-            "(transformers' run_wav2vec2_pretraining_no_trainer.py)."
+            "help": "Training: drop clips longer than this many seconds (before cropping); 0: keep all "
+            "(20 s: transformers' run_wav2vec2_pretraining_no_trainer.py). Evaluation and test splits use "
+            "--max_eval_duration_s instead."
+        },
+    )
+    max_eval_duration_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation and test splits: drop clips longer than this many seconds; unset or 0: score every "
+            "utterance, however long (published LibriSpeech numbers include the 30+ s ones; lower "
+            "--eval_batch_size if the longest do not fit in memory). Clips shorter than the encoder's receptive "
+            "field are zero-padded to it, not dropped."
         },
     )
     max_train_crop_s: float | None = field(
         default=None,
         metadata={
             "help": "Randomly crop training clips longer than this many seconds to this length (seeded by seed, "
-            "epoch and clip; fairseq's max_sample_size is 250000 samples = 15.6 s); 0: no crop. Default: no crop."
+            "epoch and clip; fairseq's max_sample_size is 250000 samples = 15.6 s); unset or 0: no crop."
         },
     )
     max_train_samples: int | None = field(
@@ -112,8 +124,9 @@ class DataArguments:
     train_minutes: float | None = field(
         default=None,
         metadata={
-            "help": "Fine-tuning: train on a speaker-balanced subset of this many minutes (e.g. 10, 60, 600, like "
-            "Libri-light's splits), chosen by the seed. Default: the whole split."
+            "help": "Fine-tuning: train on a subset of this many minutes (e.g. 10, 60, 600, like Libri-light's "
+            "splits), chosen by the seed among the clips that pass the duration filters, balanced over "
+            "--speaker_column; unset or 0: the whole split (the only choice with --streaming)."
         },
     )
     group_by_length: bool = field(
@@ -139,6 +152,12 @@ class DataArguments:
             self.max_duration_s = None
         if self.max_train_crop_s is not None and self.max_train_crop_s <= 0:
             self.max_train_crop_s = None
+        if self.max_eval_duration_s is not None and self.max_eval_duration_s <= 0:
+            self.max_eval_duration_s = None
+        if self.train_minutes is not None and self.train_minutes == 0:
+            self.train_minutes = None
+        if isinstance(self.speaker_column, str) and self.speaker_column.strip().lower() in ("", "none"):
+            self.speaker_column = None
         if self.min_duration_s < 0:
             raise ValueError(f"min_duration_s must be >= 0, got {self.min_duration_s}")
         if self.max_duration_s is not None and self.max_duration_s < self.min_duration_s:
@@ -154,7 +173,7 @@ class DataArguments:
                 f"{self.sampling_rate}, {self.shuffle_buffer_size}, {self.dataloader_num_workers}"
             )
         if self.train_minutes is not None and self.train_minutes <= 0:
-            raise ValueError(f"train_minutes must be positive, got {self.train_minutes}")
+            raise ValueError(f"train_minutes must be positive (0: the whole split), got {self.train_minutes}")
         _ = self.dataset_kwargs_dict  # validate the JSON now, not when the data is loaded
 
     @property

@@ -49,7 +49,8 @@ class AudioCollator:
     """Pad and normalise a list of clips; stack the columns kept beside the audio.
 
     Items are `SpeechDataset` items (`{"input_values": np.float32 (samples,), **columns}`); `None` items (clips that
-    could not be decoded) are dropped, and a batch with no item left becomes `None` (the training loop skips it).
+    could not be decoded) are dropped, and a batch with fewer than `min_clips` items left becomes `None` (the
+    training loop skips it on every process together and counts it in `skipped_batches`).
 
     Returns a dict with:
         input_values: `(B, T)` float32, `T` the longest clip (rounded up to `pad_to_multiple_of`); each row
@@ -65,15 +66,17 @@ class AudioCollator:
         feature_extractor: the model's `Wav2Vec2FeatureExtractor` (its `sampling_rate` must be the dataset's).
         pad_to_multiple_of: round `T` up to a multiple of this (tensor-core friendly shapes).
         label_pad_value: padding of ragged integer columns (-100: ignored by `CrossEntropyLoss`, CTC targets).
+        min_clips: fewest clips a batch must hold (SimCLR's NT-Xent: 2, so that every anchor has a negative).
     """
 
     feature_extractor: Wav2Vec2FeatureExtractor
     pad_to_multiple_of: int | None = None
     label_pad_value: int = -100
+    min_clips: int = 1
 
     def __call__(self, features: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
         features = [f for f in features if f is not None]
-        if not features:
+        if len(features) < max(self.min_clips, 1):
             return None
         encoded = self.feature_extractor(
             [np.asarray(f["input_values"], dtype=np.float32) for f in features],

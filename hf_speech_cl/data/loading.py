@@ -4,8 +4,11 @@ A spec is one of:
 - an offline corpus name (`hf_speech_cl.data.synthetic.CORPORA`): `load_corpus(name, cache_dir=..., **kwargs)[split]`;
 - a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (a `Dataset` is taken whole, a
   `DatasetDict` gives `split`);
-- any other local folder: `datasets.load_dataset("audiofolder", data_dir=folder)` (audio files, optionally a
-  `metadata.csv` with a `file_name` column and extra columns; `train/`, `validation/`... subfolders become splits);
+- any other local folder: `datasets.load_dataset(folder)`, which picks the builder from the files it holds: data
+  shards in a Hub layout (Parquet, Arrow, JSON, CSV; e.g. a copy of `openslr/librispeech_asr` holding
+  `data/train-00000-of-00001.parquet`, splits named by the file names) or audio files (audiofolder: optionally a
+  `metadata.csv` with a `file_name` column and extra columns; `train/`, `validation/`... subfolders become splits),
+  streaming or not; a folder holding none of these is a `ValueError` saying what was looked for;
 - anything else: a Hub dataset, `datasets.load_dataset(name, config, split=split, streaming=streaming)`
   (e.g. `openslr/librispeech_asr`, config `clean`, split `train.100`; stream the 960 h with `streaming=True`).
 """
@@ -56,7 +59,8 @@ def load_speech_dataset(
     """Load split `split` of the dataset that `name` names (see the module docstring for the four kinds).
 
     Args:
-        name: an offline corpus name, a local folder (`save_to_disk` output or audio files), or a Hub dataset id.
+        name: an offline corpus name, a local folder (`save_to_disk` output, Hub-layout data shards or audio
+            files), or a Hub dataset id.
         config: the Hub dataset's configuration (e.g. `clean`); ignored by the other kinds.
         split: the split to return (e.g. `train`, `validation`, `train.100`).
         streaming: return a `datasets.IterableDataset` that reads as it goes (Hub and audiofolder: without
@@ -73,7 +77,8 @@ def load_speech_dataset(
         A `datasets.Dataset`, or a `datasets.IterableDataset` when `streaming`.
 
     Raises:
-        ValueError: the split does not exist (the message lists the splits) or the audio column is missing.
+        ValueError: the split does not exist (the message lists the splits), the audio column is missing, or a local
+            folder holds nothing loadable (the message lists what was looked for).
     """
     if is_offline_corpus(name):
         from .synthetic import load_corpus
@@ -87,9 +92,15 @@ def load_speech_dataset(
         if streaming:
             dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64)))
     elif os.path.isdir(name):
-        loaded = datasets.load_dataset(
-            "audiofolder", data_dir=name, streaming=streaming, cache_dir=cache_dir, **corpus_kwargs
-        )
+        try:
+            loaded = datasets.load_dataset(name, streaming=streaming, cache_dir=cache_dir, **corpus_kwargs)
+        except (datasets.data_files.EmptyDatasetError, datasets.exceptions.DataFilesNotFoundError) as error:
+            raise ValueError(
+                f"Folder {name!r} holds no dataset `hf_speech_cl` can load: looked for a `save_to_disk` folder "
+                "(dataset_dict.json or state.json), data shards in a Hub layout (.parquet, .arrow, .json/.jsonl, "
+                ".csv, e.g. data/train-00000-of-00001.parquet) and audio files (.wav, .flac, .mp3, ... for an "
+                f"audiofolder, optionally with metadata.csv), and found none ({error})"
+            ) from None
         dataset = _pick_split(loaded, split, name)
     else:
         dataset = datasets.load_dataset(

@@ -17,7 +17,7 @@ from .sampling import make_dataloader
 from .speech_dataset import SpeechDataset, SpeechIterableDataset
 from .subsets import select_subset_by_duration
 
-__all__ = ["build_pretraining_dataloaders", "build_speech_datasets"]
+__all__ = ["build_pretraining_dataloaders", "build_speech_datasets", "eval_clip_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def _load_split(
     minutes: float | None,
     shuffle: bool,
     seed: int,
+    min_input_samples: int = 1,
 ) -> Any:
     dataset = load_speech_dataset(
         data_args.dataset_name,
@@ -55,6 +56,13 @@ def _load_split(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     if minutes is not None:
+        if data_args.speaker_column is not None and data_args.speaker_column not in dataset.column_names:
+            raise ValueError(
+                f"--train_minutes {minutes:g} balances the subset over speakers, but the speaker column "
+                f"{data_args.speaker_column!r} is not among the columns {dataset.column_names} of "
+                f"{data_args.dataset_name!r}: name it with --speaker_column, or pass --speaker_column none for a "
+                "random subset"
+            )
         dataset = select_subset_by_duration(
             dataset,
             minutes,
@@ -62,8 +70,17 @@ def _load_split(
             data_args.speaker_column,
             audio_column=data_args.audio_column,
             num_proc=data_args.preprocessing_num_workers,
+            # counted after the length filters: the subset is what training will use
+            min_duration_s=max(data_args.min_duration_s, min_input_samples / sampling_rate),
+            max_duration_s=data_args.max_duration_s,
         )
     return dataset
+
+
+def eval_clip_options(data_args: DataArguments) -> dict[str, Any]:
+    """The filters of evaluation and test splits: every non-empty utterance up to `max_eval_duration_s` (default: no
+    limit), clips shorter than the receptive field zero-padded to it, no crop."""
+    return {"min_duration_s": 0.0, "max_duration_s": data_args.max_eval_duration_s, "pad_short": True}
 
 
 def build_speech_datasets(
@@ -77,8 +94,9 @@ def build_speech_datasets(
     """The training and evaluation datasets that `data_args` describe.
 
     Training: `train_split`, shuffled (streams: a seeded shuffle window), the first `max_train_samples`, a
-    `train_minutes` speaker-balanced subset, duration filters, random crops of `max_train_crop_s`. Evaluation:
-    `eval_split` with the same filters, the first `max_eval_samples`, no crop.
+    `train_minutes` speaker-balanced subset of the clips that pass the duration filters, the filters, random crops
+    of `max_train_crop_s`. Evaluation: `eval_split`, the first `max_eval_samples`, every utterance up to
+    `max_eval_duration_s` (`eval_clip_options`), no crop.
 
     Args:
         data_args: the parsed `DataArguments`.
@@ -118,6 +136,7 @@ def build_speech_datasets(
         minutes=data_args.train_minutes,
         shuffle=True,
         seed=seed,
+        min_input_samples=min_input_samples,
     )
     train = wrap(train_raw, max_crop_s=data_args.max_train_crop_s, **common)
     if data_args.eval_split is None:
@@ -131,7 +150,7 @@ def build_speech_datasets(
         shuffle=False,
         seed=seed,
     )
-    return train, wrap(eval_raw, max_crop_s=None, **common)
+    return train, wrap(eval_raw, max_crop_s=None, **{**common, **eval_clip_options(data_args)})
 
 
 def build_pretraining_dataloaders(
@@ -144,6 +163,7 @@ def build_pretraining_dataloaders(
     collator: Callable[[list[Any]], Any] | None = None,
     eval_batch_size: int | None = None,
     keep_columns: Sequence[str] = (),
+    min_clips: int = 1,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Training and evaluation DataLoaders for a pretraining recipe.
 
@@ -160,6 +180,9 @@ def build_pretraining_dataloaders(
         collator: default `AudioCollator(feature_extractor)`; e.g. `DataCollatorForWav2Vec2Pretraining`.
         eval_batch_size: clips per evaluation batch (default `batch_size`).
         keep_columns: columns passed through to the collator.
+        min_clips: fewest clips per batch the objective needs (SimCLR: 2). The default collator returns `None` for
+            a batch with fewer left after unreadable clips are dropped (skipped by every process together), and a
+            map-style training set whose last batch would be smaller drops it (`drop_last`).
 
     Returns:
         `(train_loader, eval_loader)`; `eval_loader` is `None` without `eval_split`.
@@ -179,14 +202,16 @@ def build_pretraining_dataloaders(
         seed=seed,
         keep_columns=keep_columns,
     )
-    collator = collator if collator is not None else AudioCollator(feature_extractor)
+    collator = collator if collator is not None else AudioCollator(feature_extractor, min_clips=min_clips)
     loader_kwargs = {
         "group_by_length": data_args.group_by_length,
         "seed": seed,
         "num_workers": data_args.dataloader_num_workers,
         "buffer_size": data_args.shuffle_buffer_size,
     }
-    train_loader = make_dataloader(train, collator, batch_size, shuffle=True, **loader_kwargs)
+    remainder = len(train) % batch_size if hasattr(train, "__len__") else 0
+    drop_last = 0 < remainder < min_clips
+    train_loader = make_dataloader(train, collator, batch_size, shuffle=True, drop_last=drop_last, **loader_kwargs)
     if evaluation is None:
         return train_loader, None
     eval_loader = make_dataloader(evaluation, collator, eval_batch_size or batch_size, shuffle=False, **loader_kwargs)

@@ -34,15 +34,22 @@ _MAX_DECODE_WARNINGS = 20
 
 
 class DataStats:
-    """Counters of clips the pipeline skipped or changed, shared by the DataLoader worker processes.
+    """Counters of clips the pipeline skipped or changed, and the names of the first skipped ones, shared by the
+    DataLoader worker processes.
 
     Fields (attributes, also `as_dict()`):
         corrupt: files whose header or audio could not be decoded (skipped).
         empty: clips with no samples (skipped).
+        non_finite: clips holding NaN or infinite samples (skipped at decode time: one such clip would make the
+            update's loss NaN and, through normalisation layers' running statistics, the saved model).
         too_short: clips shorter than `min_duration_s` or the encoder's receptive field (skipped).
         too_long: clips longer than `max_duration_s` (skipped).
         resampled: clips decoded at another sampling rate and resampled.
         cropped: clips randomly cropped to the maximum crop length.
+        padded: evaluation clips shorter than the encoder's receptive field, zero-padded to it so they are scored.
+
+    `examples()` gives, for each skip cause, the names (the row's `id`, else its audio path, else `row N`) of the
+    first `MAX_NAMES` clips skipped for it; `report()` both, for logs and `train_results.json`.
 
     Filters applied when a dataset is built count each clip once; events met while decoding (a corrupt file that
     had a readable header or a `duration` column, resampling, crops) count each time they happen, i.e. once per
@@ -51,18 +58,96 @@ class DataStats:
     snapshot with its own counters.
     """
 
-    FIELDS: tuple[str, ...] = ("corrupt", "empty", "too_short", "too_long", "resampled", "cropped")
+    FIELDS: tuple[str, ...] = (
+        "corrupt",
+        "empty",
+        "non_finite",
+        "too_short",
+        "too_long",
+        "resampled",
+        "cropped",
+        "padded",
+    )
+    #: The counters that are skips (a clip left out), in the order reports list them.
+    SKIPS: tuple[str, ...] = ("corrupt", "empty", "non_finite", "too_short", "too_long")
+    #: Names kept per skip cause, and the bytes kept of each name.
+    MAX_NAMES = 5
+    NAME_BYTES = 160
 
     def __init__(self, counts: Sequence[int] | None = None):
         self._counts = multiprocessing.Array("q", list(counts) if counts is not None else [0] * len(self.FIELDS))
+        self._names = multiprocessing.Array("c", len(self.SKIPS) * self.MAX_NAMES * self.NAME_BYTES)
+        self._built = dict.fromkeys(self.FIELDS, 0)
 
-    def increment(self, name: str, amount: int = 1) -> int:
-        """Add `amount` to counter `name` atomically; return its previous value (0 → first occurrence)."""
+    def mark_built(self) -> None:
+        """Record the counts of the filters applied when the dataset was built (identical on every process), so
+        that `merge` adds only the decode-time counts of each process to them."""
+        self._built = self.as_dict()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-data copy (`counts`, `built`, `examples`) for `merge` across processes (`gather_object`)."""
+        return {"counts": self.as_dict(), "built": dict(self._built), "examples": self.examples()}
+
+    @classmethod
+    def merge(cls, snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The `report()` of several processes' `snapshot()`s: build-time counts once, decode-time counts summed,
+        the first `MAX_NAMES` names of each cause."""
+        if not snapshots:
+            return {"skipped": {}, "examples": {}, "resampled": 0, "cropped": 0, "padded": 0}
+        built = snapshots[0]["built"]
+        totals = {
+            key: built.get(key, 0) + sum(s["counts"].get(key, 0) - s["built"].get(key, 0) for s in snapshots)
+            for key in cls.FIELDS
+        }
+        examples: dict[str, list[str]] = {}
+        for snap in snapshots:
+            for cause, names in snap["examples"].items():
+                kept = examples.setdefault(cause, [])
+                kept.extend(n for n in names if n not in kept and len(kept) < cls.MAX_NAMES)
+        return {
+            "skipped": {cause: totals[cause] for cause in cls.SKIPS if totals[cause]},
+            "examples": examples,
+            **{key: totals[key] for key in ("resampled", "cropped", "padded")},
+        }
+
+    def increment(self, name: str, amount: int = 1, examples: Sequence[str] = ()) -> int:
+        """Add `amount` to counter `name` atomically; return its previous value (0 → first occurrence).
+
+        `examples`: names of the clips counted (the first of them are kept while fewer than `MAX_NAMES` are).
+        """
         index = self._index(name)
         with self._counts.get_lock():
             previous = self._counts[index]
             self._counts[index] = previous + amount
+        if examples and name in self.SKIPS:
+            base = self.SKIPS.index(name) * self.MAX_NAMES
+            for slot, example in zip(range(previous, self.MAX_NAMES), examples):
+                encoded = str(example).encode("utf-8", "replace")[: self.NAME_BYTES - 1]
+                start = (base + slot) * self.NAME_BYTES
+                with self._names.get_lock():
+                    self._names[start : start + self.NAME_BYTES] = encoded.ljust(self.NAME_BYTES, b"\0")
         return previous
+
+    def examples(self) -> dict[str, list[str]]:
+        """`{skip cause: names of its first clips}` for the causes that skipped something."""
+        with self._names.get_lock():
+            raw = self._names.raw
+        found: dict[str, list[str]] = {}
+        for i, cause in enumerate(self.SKIPS):
+            names = []
+            for slot in range(self.MAX_NAMES):
+                start = (i * self.MAX_NAMES + slot) * self.NAME_BYTES
+                name = raw[start : start + self.NAME_BYTES].split(b"\0", 1)[0]
+                if name:
+                    names.append(name.decode("utf-8", "replace"))
+            if names:
+                found[cause] = names
+        return found
+
+    def report(self) -> dict[str, Any]:
+        """`{"skipped": {cause: count}, "examples": {cause: [names]}, "resampled": n, "cropped": n, "padded": n}`:
+        what `train` writes to `train_results.json` (`data_report`, merged over processes) and logs."""
+        return self.merge([self.snapshot()])
 
     def as_dict(self) -> dict[str, int]:
         """All counters as `{name: count}`."""
@@ -71,9 +156,9 @@ class DataStats:
 
     @property
     def skipped(self) -> int:
-        """Clips dropped for any reason (corrupt + empty + too short + too long)."""
+        """Clips dropped for any reason (corrupt + empty + non-finite + too short + too long)."""
         counts = self.as_dict()
-        return counts["corrupt"] + counts["empty"] + counts["too_short"] + counts["too_long"]
+        return sum(counts[cause] for cause in self.SKIPS)
 
     def _index(self, name: str) -> int:
         try:
@@ -90,14 +175,18 @@ class DataStats:
         # Shared memory can only travel to a process being started (DataLoader workers with "spawn"); anywhere
         # else pickle a snapshot.
         if multiprocessing.context.get_spawning_popen() is not None:
-            return {"shared": self._counts}
-        return {"snapshot": self._counts[:]}
+            return {"shared": self._counts, "names": self._names, "built": self._built}
+        return {"snapshot": self._counts[:], "names_snapshot": self._names.raw, "built": self._built}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "shared" in state:
             self._counts = state["shared"]
+            self._names = state["names"]
         else:
             self._counts = multiprocessing.Array("q", state["snapshot"])
+            self._names = multiprocessing.Array("c", len(self.SKIPS) * self.MAX_NAMES * self.NAME_BYTES)
+            self._names.raw = state["names_snapshot"]
+        self._built = dict(state.get("built") or dict.fromkeys(self.FIELDS, 0))
 
     def __repr__(self) -> str:
         return f"DataStats({', '.join(f'{k}={v}' for k, v in self.as_dict().items())})"
@@ -162,6 +251,8 @@ class _ClipMaker:
         min_input_samples: int,
         max_crop_s: float | None,
         seed: int,
+        pad_short: bool = False,
+        name_column: str | None = "id",
     ) -> None:
         if sampling_rate <= 0:
             raise ValueError(f"sampling_rate must be a positive number of Hz, got {sampling_rate}")
@@ -189,7 +280,18 @@ class _ClipMaker:
             )
         self.seed = seed
         self.epoch = 0
+        self.pad_short = pad_short
+        self.name_column = name_column
         self.stats = DataStats()
+
+    def clip_name(self, row: dict[str, Any], fallback: str) -> str:
+        """How logs and reports name a clip: its `name_column` value (LibriSpeech `id`), else its audio file's path,
+        else `fallback` (e.g. `row 12`)."""
+        if self.name_column and row.get(self.name_column) is not None:
+            return str(row[self.name_column])
+        value = row.get(self.audio_column)
+        path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+        return str(path) if path else fallback
 
     def set_epoch(self, epoch: int) -> None:
         """Select the crops of epoch `epoch` (crop offsets are a function of `(seed, epoch, item)`)."""
@@ -204,19 +306,30 @@ class _ClipMaker:
         """
         if num_samples == 0:
             return "empty"
-        if num_samples < max(self.min_samples - 1, self.min_input_samples):
+        if num_samples < max(self.min_samples - 1, self.min_input_samples) and not self.pad_short:
             return "too_short"
         if self.max_samples is not None and num_samples > self.max_samples + 1:
             return "too_long"
         return None
 
-    def _make_clip(self, row: dict[str, Any], rng_key: Sequence[int]) -> dict[str, Any] | None:
+    def _make_clip(self, row: dict[str, Any], rng_key: Sequence[int], fallback_name: str) -> dict[str, Any] | None:
         value = row[self.audio_column]
         try:
             waveform, native = decode_audio(value, self.sampling_rate)
         except AudioDecodingError as error:
-            if self.stats.increment("corrupt") < _MAX_DECODE_WARNINGS:
-                logger.warning("Skipping an unreadable audio file (counted in stats.corrupt): %s", error)
+            name = self.clip_name(row, fallback_name)
+            if self.stats.increment("corrupt", examples=[name]) < _MAX_DECODE_WARNINGS:
+                logger.warning("Skipping unreadable audio %s (counted in stats.corrupt): %s", name, error)
+            return None
+        if waveform.size and not np.isfinite(waveform).all():
+            name = self.clip_name(row, fallback_name)
+            if self.stats.increment("non_finite", examples=[name]) < _MAX_DECODE_WARNINGS:
+                logger.warning(
+                    "Skipping %s: %d of its %d samples are NaN or infinite (counted in stats.non_finite)",
+                    name,
+                    int((~np.isfinite(waveform)).sum()),
+                    waveform.size,
+                )
             return None
         if native != self.sampling_rate and waveform.size and self.stats.increment("resampled") == 0:
             logger.warning(
@@ -227,8 +340,12 @@ class _ClipMaker:
             )
         problem = self._length_problem(len(waveform))
         if problem is not None:
-            self.stats.increment(problem)
+            self.stats.increment(problem, examples=[self.clip_name(row, fallback_name)])
             return None
+        if self.pad_short and len(waveform) < self.min_samples:
+            # evaluation scores every utterance: one shorter than the receptive field gets zeros up to it
+            waveform = np.pad(waveform, (0, self.min_samples - len(waveform)))
+            self.stats.increment("padded")
         start = 0
         if self.crop_samples is not None and len(waveform) > self.crop_samples:
             # fairseq RawAudioDataset.crop_to_max_size: a uniformly drawn window of the maximum size.
@@ -284,6 +401,10 @@ class SpeechDataset(torch.utils.data.Dataset, _ClipMaker):
             receptive field) so every clip yields at least one frame.
         max_crop_s: crop longer clips to this many seconds at a random offset (`None`: no crop).
         seed: seed of the crop offsets.
+        pad_short: evaluation: instead of dropping clips shorter than `min_duration_s` / `min_input_samples`,
+            zero-pad them to that length (counted in `stats.padded`), so that every non-empty clip is scored.
+        name_column: the column naming a clip in logs and drop reports (LibriSpeech: `id`); when missing, the audio
+            file's path, else `row N`.
         duration_column: a column of durations in seconds, used instead of reading headers when present.
         num_proc: processes for reading headers.
 
@@ -308,6 +429,8 @@ class SpeechDataset(torch.utils.data.Dataset, _ClipMaker):
         min_input_samples: int = 1,
         max_crop_s: float | None = None,
         seed: int = 0,
+        pad_short: bool = False,
+        name_column: str | None = "id",
         duration_column: str = "duration",
         num_proc: int | None = None,
     ):
@@ -320,6 +443,8 @@ class SpeechDataset(torch.utils.data.Dataset, _ClipMaker):
             min_input_samples=min_input_samples,
             max_crop_s=max_crop_s,
             seed=seed,
+            pad_short=pad_short,
+            name_column=name_column if name_column in dataset.column_names else None,
         )
         _check_columns(dataset.column_names, audio_column, self.keep_columns)
         if duration_column not in dataset.column_names:
@@ -328,27 +453,46 @@ class SpeechDataset(torch.utils.data.Dataset, _ClipMaker):
         durations = column_as_numpy(dataset, duration_column).astype(np.float64)
         samples = np.where(np.isfinite(durations) & (durations >= 0), np.round(durations * sampling_rate), -1)
         keep = np.ones(len(durations), dtype=bool)
+        named = _undecoded(
+            dataset.select_columns(
+                list(dict.fromkeys([audio_column, *([self.name_column] if self.name_column else [])]))
+            ),
+            audio_column,
+        )
+        too_short = (samples > 0) & (samples < self.min_samples)
         for problem, rows in (
             ("corrupt", samples < 0),
             ("empty", samples == 0),
-            ("too_short", (samples > 0) & (samples < self.min_samples)),
+            ("too_short", too_short & (not pad_short)),
             ("too_long", samples > (self.max_samples if self.max_samples is not None else np.inf)),
         ):
             if rows.any():
-                self.stats.increment(problem, int(rows.sum()))
+                first = np.flatnonzero(rows)[: DataStats.MAX_NAMES].tolist()
+                names = [self.clip_name(named[i], f"row {i}") for i in first]
+                self.stats.increment(problem, int(rows.sum()), examples=names)
                 keep &= ~rows
-        if self.stats.corrupt:
-            logger.warning("%d files with an unreadable audio header are left out (stats.corrupt)", self.stats.corrupt)
+        if self.stats.skipped:
+            logger.warning(
+                "%d of %d clips left out before training: %s",
+                self.stats.skipped,
+                len(durations),
+                ", ".join(
+                    f"{cause} {count} (e.g. {', '.join(self.stats.examples().get(cause, []))})"
+                    for cause, count in self.stats.report()["skipped"].items()
+                ),
+            )
+        self.stats.mark_built()
         self.indices = np.flatnonzero(keep)
         if len(self.indices) == 0:
             logger.warning("No clip of %d passes the duration filters: %s", len(durations), self.stats)
         kept = samples[self.indices].astype(np.int64)
+        if pad_short:
+            kept = np.maximum(kept, self.min_samples)
         if self.crop_samples is not None:
             kept = np.minimum(kept, self.crop_samples)
         self.lengths: list[int] = kept.tolist()
-        self.dataset = _undecoded(
-            dataset.select_columns([audio_column, *dict.fromkeys(self.keep_columns)]), audio_column
-        )
+        columns = [audio_column, *self.keep_columns, *([self.name_column] if self.name_column else [])]
+        self.dataset = _undecoded(dataset.select_columns(list(dict.fromkeys(columns))), audio_column)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -363,7 +507,7 @@ class SpeechDataset(torch.utils.data.Dataset, _ClipMaker):
             if self.stats.increment("corrupt") < _MAX_DECODE_WARNINGS:
                 logger.warning("Skipping row %d that cannot be read (counted in stats.corrupt): %s", index, error)
             return None
-        return self._make_clip(row, (self.seed, self.epoch, index))
+        return self._make_clip(row, (self.seed, self.epoch, index), f"row {int(self.indices[index])}")
 
 
 class SpeechIterableDataset(torch.utils.data.IterableDataset, _ClipMaker):
@@ -391,6 +535,8 @@ class SpeechIterableDataset(torch.utils.data.IterableDataset, _ClipMaker):
         min_input_samples: int = 1,
         max_crop_s: float | None = None,
         seed: int = 0,
+        pad_short: bool = False,
+        name_column: str | None = "id",
     ):
         self._setup(
             sampling_rate=sampling_rate,
@@ -401,6 +547,8 @@ class SpeechIterableDataset(torch.utils.data.IterableDataset, _ClipMaker):
             min_input_samples=min_input_samples,
             max_crop_s=max_crop_s,
             seed=seed,
+            pad_short=pad_short,
+            name_column=name_column,
         )
         _check_columns(getattr(dataset, "column_names", None), audio_column, self.keep_columns)
         self.dataset = _undecoded(dataset, audio_column)
@@ -415,6 +563,6 @@ class SpeechIterableDataset(torch.utils.data.IterableDataset, _ClipMaker):
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
         for position, row in enumerate(self.dataset):
-            clip = self._make_clip(row, (self.seed, self.epoch, worker_id, position))
+            clip = self._make_clip(row, (self.seed, self.epoch, worker_id, position), f"example {position}")
             if clip is not None:
                 yield clip

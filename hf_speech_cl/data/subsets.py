@@ -27,6 +27,8 @@ def select_subset_by_duration(
     duration_column: str = "duration",
     audio_column: str = "audio",
     num_proc: int | None = None,
+    min_duration_s: float = 0.0,
+    max_duration_s: float | None = None,
 ) -> datasets.Dataset:
     """Rows totalling `minutes` of audio (within one utterance), balanced across speakers, chosen by `seed`.
 
@@ -44,9 +46,12 @@ def select_subset_by_duration(
         duration_column: column of durations in seconds.
         audio_column: audio column to read durations from when `duration_column` is missing.
         num_proc: processes for reading headers.
+        min_duration_s / max_duration_s: only clips of this duration range (seconds; the training filters) are
+            candidates, so the subset holds `minutes` of audio that training will actually use.
 
     Returns:
-        `dataset.select(indices)` with the chosen rows in their original order.
+        `dataset.select(indices)` with the chosen rows in their original order (with a `duration` column, read from
+        the headers if the dataset had none, so the training dataset need not read them again).
 
     Raises:
         ValueError: `minutes <= 0`, more minutes than the dataset holds, or a missing column.
@@ -59,17 +64,19 @@ def select_subset_by_duration(
             "(pass speaker_column=None to select without balancing speakers)"
         )
     if duration_column not in dataset.column_names:
-        dataset_with_durations = add_durations(dataset, audio_column, num_proc=num_proc)
-        durations = column_as_numpy(dataset_with_durations, "duration").astype(np.float64)
-    else:
-        durations = column_as_numpy(dataset, duration_column).astype(np.float64)
-    usable = np.isfinite(durations) & (durations > 0)
+        dataset = add_durations(dataset, audio_column, num_proc=num_proc)
+        duration_column = "duration"
+    durations = column_as_numpy(dataset, duration_column).astype(np.float64)
+    usable = np.isfinite(durations) & (durations > 0) & (durations >= min_duration_s)
+    if max_duration_s is not None:
+        usable &= durations <= max_duration_s
     target = minutes * 60.0
     available = float(durations[usable].sum())
     if target > available:
         raise ValueError(
             f"Asked for {minutes} minutes but the dataset holds {available / 60:.2f} minutes of readable audio "
-            f"in {int(usable.sum())} clips"
+            f"in {int(usable.sum())} clips between {min_duration_s:g} and "
+            f"{'any' if max_duration_s is None else f'{max_duration_s:g}'} s"
         )
     speakers = column_as_numpy(dataset, speaker_column) if speaker_column is not None else np.zeros(len(durations))
     rng = np.random.default_rng(seed)

@@ -52,8 +52,8 @@ def finalize_finetuning(
     base_model: str | None,
     base_model_type: str | None,
     data_args: Any,
-    train_minutes: float,
-    num_train_utterances: int,
+    train_minutes: float | None,
+    num_train_utterances: int | None,
     metrics: dict[str, dict[str, float]],
     metric_names: Sequence[str],
     hyperparameters: dict[str, Any],
@@ -77,7 +77,8 @@ def finalize_finetuning(
             `PretrainingArguments` (`output_dir`, `push_to_hub`, `hub_model_id`, ...).
         savables: saved next to the model (the `Wav2Vec2Processor`, or the feature extractor).
         data_args: the run's `DataArguments`: the card names its dataset, training split, note and labeled subset
-            (`train_minutes`, drawn with `args.seed`) from them.
+            (`train_minutes`, drawn with `args.seed`) from them. `train_minutes` / `num_train_utterances`: the
+            labelled audio trained on (`None` for a stream, whose size is not known in advance).
         task_name: a short name for the card (e.g. "speech recognition (CTC)").
         metrics: `{split: {metric name: value}}` (values without the split prefix), e.g.
             `{"validation": {"wer": 0.3}, "test": {"wer": 0.31}}`; `metric_names` picks the rows and their order.
@@ -88,8 +89,9 @@ def finalize_finetuning(
     """
     output_dir = Path(args.output_dir)
     dataset = data_args.dataset_name
+    balance = "speaker-balanced" if data_args.speaker_column else "random"
     subset_description = (
-        f"speaker-balanced subset of {data_args.train_minutes:g} minutes, seed {args.seed}"
+        f"{balance} subset of {data_args.train_minutes:g} minutes, seed {args.seed}"
         if data_args.train_minutes
         else None
     )

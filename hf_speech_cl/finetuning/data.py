@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 
 from ..data import DataArguments, SpeechDataset, SpeechIterableDataset, build_speech_datasets, load_speech_dataset
+from ..data.pipeline import eval_clip_options
 
 __all__ = [
     "build_eval_dataset",
@@ -67,8 +68,8 @@ def build_eval_dataset(
     min_input_samples: int,
     keep_columns: tuple[str, ...],
 ) -> SpeechDataset | SpeechIterableDataset:
-    """Split `split` prepared like `build_speech_datasets` prepares the eval split (same duration filters, the first
-    `max_eval_samples`, no crop, fixed order): used for the test split.
+    """Split `split` prepared like `build_speech_datasets` prepares the eval split (every utterance up to
+    `max_eval_duration_s`, short ones padded, the first `max_eval_samples`, no crop, fixed order): the test split.
 
     Raises:
         ValueError: the split or a column does not exist.
@@ -87,10 +88,9 @@ def build_eval_dataset(
         "sampling_rate": sampling_rate,
         "audio_column": data_args.audio_column,
         "keep_columns": keep_columns,
-        "min_duration_s": data_args.min_duration_s,
-        "max_duration_s": data_args.max_duration_s,
         "min_input_samples": min_input_samples,
         "max_crop_s": None,
+        **eval_clip_options(data_args),
     }
     if data_args.streaming:
         if data_args.max_eval_samples is not None:

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -105,6 +105,9 @@ class TrainResult:
         nonfinite_updates: updates skipped because the loss or gradient was NaN/inf.
         skipped_batches: micro-batches every process skipped because one process had no readable clip.
         resumed_from: the checkpoint this call continued from, if any.
+        data_report: clips the data pipeline left out, by cause, with the names of the first few
+            (`hf_speech_cl.data.DataStats.merge` over processes), for `"train"` and `"eval"`; decode-time skips
+            count once per epoch in which they were met (this call's epochs only).
     """
 
     global_step: int = 0
@@ -117,6 +120,7 @@ class TrainResult:
     nonfinite_updates: int = 0
     skipped_batches: int = 0
     resumed_from: str | None = None
+    data_report: dict[str, Any] = field(default_factory=dict)
 
 
 def make_accelerator(args: PretrainingArguments) -> Accelerator:
@@ -182,6 +186,33 @@ def _audio_seconds(batch: dict[str, Any], sampling_rate: int) -> float:
     if "attention_mask" in batch and batch["attention_mask"] is not None:
         return float(batch["attention_mask"].sum()) / sampling_rate
     return float(batch["input_values"].numel()) / sampling_rate
+
+
+def data_report(accelerator: Accelerator, loaders: dict[str, Any]) -> dict[str, Any]:
+    """`{name: DataStats report}` of the loaders' datasets, merged over processes, each cause with skips logged once
+    (a warning naming the first clips). Loaders without `DataStats` (or `None`) are left out."""
+    from ..data import DataStats
+
+    reports: dict[str, Any] = {}
+    for name, loader in loaders.items():
+        stats = getattr(getattr(loader, "dataset", None), "stats", None)
+        if not isinstance(stats, DataStats):
+            continue
+        snapshots = [stats.snapshot()]
+        if accelerator.num_processes > 1:
+            snapshots = gather_object(snapshots)
+        report = DataStats.merge(snapshots)
+        reports[name] = report
+        if report["skipped"] and accelerator.is_main_process:
+            logger.warning(
+                "%s data: clips left out: %s",
+                name,
+                "; ".join(
+                    f"{cause} {count} (first: {', '.join(report['examples'].get(cause, [])) or 'unnamed'})"
+                    for cause, count in report["skipped"].items()
+                ),
+            )
+    return reports
 
 
 def step_generator(device: torch.device, seed: int, update: int, process: int, micro: int) -> torch.Generator:
@@ -268,8 +299,8 @@ def evaluate(
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
-        if batch is None:
-            continue
+        if _any_process(accelerator, batch is None):
+            continue  # every process together (SimCLR's all-gather would wait for the one that skipped)
         seed_global_generators(seed, -1, accelerator.process_index, index)
         if batch_transform is not None:
             batch = batch_transform(
@@ -588,6 +619,7 @@ def train(
         result.eval_metrics.update(eval_fn(model))
     if result.eval_metrics:
         accelerator.log(result.eval_metrics, step=result.global_step)
+    result.data_report = data_report(accelerator, {"train": train_dataloader, "eval": eval_dataloader})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(output_dir / "train_results.json", json.dumps(asdict(result), indent=2))

@@ -7,7 +7,9 @@ first use) in under 10 minutes on 2 CPU cores, and leaves in `--output_dir`:
 - the SimCLR checkpoint (`AutoModel.from_pretrained(out)` after `import hf_speech_cl`, or with
   `trust_remote_code=True` without it), its feature extractor and a model card (`README.md`);
 - `encoder/`: the encoder alone as a stock wav2vec 2.0 checkpoint for `Wav2Vec2ForCTC.from_pretrained(out/encoder)`;
-- `checkpoint-*/`: resumable training state. Rerunning the same command continues from the newest one.
+- `checkpoint-*/`: resumable training state. Rerunning the same command continues from the newest one;
+- `phone_probe.json`: a linear frame-level phone probe of the encoder's frozen layers on the test split, beside MFCC
+  and a random encoder (`hf_speech_cl.finetuning.phone_probe`; also in the card; `--phone_probe false` skips it).
 
 Examples:
     accelerate launch recipes/pretrain_simclr.py
@@ -31,6 +33,7 @@ from transformers import HfArgumentParser, Wav2Vec2FeatureExtractor
 
 from hf_speech_cl.augment import SimCLRAugment
 from hf_speech_cl.data import DataArguments, build_pretraining_dataloaders
+from hf_speech_cl.finetuning import PhoneProbe, PhoneProbeArguments
 from hf_speech_cl.models.simclr_audio import SimCLRAudioConfig, SimCLRAudioForPreTraining
 from hf_speech_cl.presets import ENCODER_PRESETS, encoder_preset
 from hf_speech_cl.training import PretrainingArguments, finalize_pretraining, make_accelerator, train
@@ -90,7 +93,9 @@ def build_model(model_args: SimCLRArguments) -> SimCLRAudioForPreTraining:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser((SimCLRArguments, DataArguments, PretrainingArguments), description=__doc__)
+    parser = HfArgumentParser(
+        (SimCLRArguments, DataArguments, PretrainingArguments, PhoneProbeArguments), description=__doc__
+    )
     parser.set_defaults(
         output_dir="outputs/simclr-tiny",
         max_steps=300,
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         save_steps=100,
         logging_steps=10,
     )
-    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, args, probe_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     accelerator = make_accelerator(args)
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         tags=["simclr", "contrastive-learning", "wav2vec2"],
         after_save=export_encoder,
+        phone_probe=PhoneProbe(probe_args, data_args, seed=args.seed, device=accelerator.device),
     )
     first, last = result.first_metrics, result.last_metrics
     accelerator.print(

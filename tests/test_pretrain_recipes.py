@@ -73,6 +73,11 @@ def test_simclr_recipe_writes_a_loadable_model_with_card(simclr_run):
     assert "synthetic" in card  # the data note
     results = json.loads((out / "train_results.json").read_text())
     assert results["global_step"] == 4
+    # the phone probe of the final model, beside MFCC and a random encoder of its config, in the card too
+    probe = json.loads((out / "phone_probe.json").read_text())
+    assert [r["name"] for r in probe["results"]] == ["checkpoint", "mfcc", "random"] and not probe["skipped"]
+    assert all(0.0 < r["accuracy"] <= 1.0 for r in probe["results"])
+    assert "## Phone probe" in card and "39-d Kaldi MFCC" in card
     records = read_metrics(out / "logs")
     train_records = [r for r in records if "lr" in r]
     assert {"loss", "retrieval_accuracy", "lr", "audio_seconds_per_second"} <= set(train_records[-1])

@@ -8,6 +8,8 @@ Shared by `recipes/finetune_asr.py` and `recipes/finetune_audio_classification.p
 - `ctc`: CTC batches, greedy decoding, WER/CER across processes, the frozen-Transformer phase.
 - `classification`: label sets, accuracy/macro-F1 across processes, confusion matrices.
 - `probe`: what trains in the probe mode.
+- `phone_probe`: the linear frame-level phone probe of frozen layers (with MFCC and random-encoder references) that
+  every pretraining recipe reports (`PhoneProbe`, `run_phone_probe`).
 - `cards`: `finalize_finetuning` (save, model card, Hub).
 """
 
@@ -42,6 +44,16 @@ from .ctc import (
     ctc_per_utterance_loss,
     greedy_ctc_decode,
 )
+from .phone_probe import (
+    NoPhoneAlignmentsError,
+    PhoneProbe,
+    PhoneProbeArguments,
+    PhoneProbeReport,
+    ProbeResult,
+    linear_probe_accuracy,
+    load_probe_encoder,
+    run_phone_probe,
+)
 from .probe import keep_encoder_in_eval, prepare_for_finetuning, trainable_parameter_names
 from .vocab import (
     DEFAULT_CHARS_TO_REMOVE,
@@ -71,6 +83,11 @@ __all__ = [
     "DataCollatorAudioClassification",
     "DataCollatorCTC",
     "LabelMapper",
+    "NoPhoneAlignmentsError",
+    "PhoneProbe",
+    "PhoneProbeArguments",
+    "PhoneProbeReport",
+    "ProbeResult",
     "TransformerFreezer",
     "VocabularyCoverage",
     "asr_metrics",
@@ -89,14 +106,17 @@ __all__ = [
     "greedy_ctc_decode",
     "keep_encoder_in_eval",
     "label_names",
+    "linear_probe_accuracy",
     "load_ctc_tokenizer",
     "load_feature_extractor",
     "load_pretrained_for_task",
+    "load_probe_encoder",
     "make_ctc_tokenizer",
     "normalize_transcript",
     "prepare_for_finetuning",
     "report_vocabulary_coverage",
     "resolve_encoder_checkpoint",
+    "run_phone_probe",
     "save_confusion_matrix",
     "trainable_parameter_names",
     "vocabulary_coverage",

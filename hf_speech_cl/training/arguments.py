@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 __all__ = ["PretrainingArguments"]
@@ -19,6 +20,15 @@ class PretrainingArguments:
         default="outputs/run",
         metadata={"help": "Folder for checkpoints (`checkpoint-{step}/`), logs and the final model."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into `output_dir` even if it is not empty and not one of our runs (transformers' "
+            "`TrainingArguments` convention); without it such a folder is refused before anything is written. "
+            "Rerunning into our own run's folder needs no flag (it resumes, see `--resume`). Deletes nothing: files "
+            "of the same name are replaced."
+        },
+    )
     max_steps: int = field(default=300, metadata={"help": "Number of optimizer updates to train for."})
     per_device_train_batch_size: int = field(
         default=8, metadata={"help": "Clips per batch on each process (before any view duplication)."}
@@ -34,7 +44,19 @@ class PretrainingArguments:
     lr_scheduler_type: str = field(
         default="linear",
         metadata={
-            "help": "Schedule after warm-up: any name `transformers.get_scheduler` takes (linear, cosine, ...)."
+            "help": "Schedule after warm-up: any name `transformers.get_scheduler` takes (linear, cosine, ...), or "
+            "tri_stage: fairseq's wav2vec 2.0/HuBERT fine-tuning schedule (warm-up from 0.01 x peak, hold, "
+            "exponential decay to final_lr_scale x peak; phases 0.1/0.4/0.5 of max_steps as in "
+            "examples/wav2vec/config/finetuning/base_10m.yaml; its warm-up is its first phase, --warmup_steps is "
+            "not used)."
+        },
+    )
+    lr_scheduler_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON object of the schedule's own arguments (transformers' `scheduler_specific_kwargs`); "
+            'tri_stage: \'{"phase_ratio": [0.1, 0.4, 0.5], "init_lr_scale": 0.01, "final_lr_scale": 0.05}\' '
+            "(these are its defaults; fairseq base_10m sets final_lr_scale 0.05)."
         },
     )
     warmup_steps: int | None = field(
@@ -101,7 +123,23 @@ class PretrainingArguments:
         default=None, metadata={"help": "Hub token (default: the one `huggingface-cli login` stored)."}
     )
 
+    @property
+    def lr_scheduler_kwargs_dict(self) -> dict:
+        """`lr_scheduler_kwargs` parsed from JSON (`{}` when unset)."""
+        if not self.lr_scheduler_kwargs:
+            return {}
+        try:
+            parsed = json.loads(self.lr_scheduler_kwargs)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"lr_scheduler_kwargs is not valid JSON: {self.lr_scheduler_kwargs!r} ({error})"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"lr_scheduler_kwargs must be a JSON object, got {self.lr_scheduler_kwargs!r}")
+        return parsed
+
     def __post_init__(self):
+        _ = self.lr_scheduler_kwargs_dict  # a typo in the JSON is an error now, not after the data is loaded
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.per_device_train_batch_size < 1:

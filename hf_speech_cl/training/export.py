@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+from .checkpointing import RUN_MARKER, apply_default_modes, default_file_mode, default_folder_mode
 
 __all__ = [
     "MODEL_CARD_DIR",
@@ -25,6 +28,9 @@ logger = logging.getLogger(__name__)
 #: Card templates ship inside the package (`hf_speech_cl/model_cards` links to the repository's `model_cards/`).
 MODEL_CARD_DIR = Path(str(resources.files("hf_speech_cl") / "model_cards"))
 
+#: The phone probe's report beside the model (`hf_speech_cl.finetuning.phone_probe.PHONE_PROBE_FILE`).
+PHONE_PROBE_FILE = "phone_probe.json"
+
 # Written last, so that a folder holding config.json always holds the weights it describes.
 _WRITE_LAST = ("config.json",)
 
@@ -34,7 +40,8 @@ def save_pretrained_atomic(output_dir: str | os.PathLike, *savables: Any) -> lis
 
     Everything is first written to `output_dir/.tmp-save`, then each file is moved into place with `os.replace`,
     `config.json` last: a run killed while saving leaves either the previous final files or the new ones, never a
-    config without its weights. Other content of `output_dir` (checkpoints, logs) is left alone.
+    config without its weights. Other content of `output_dir` (checkpoints, logs) is left alone. The files get the
+    modes a plain `open()` gives (`0o666 & ~umask`), whatever the writer did (safetensors writes 0o600).
 
     Returns:
         The names of the files written.
@@ -46,6 +53,7 @@ def save_pretrained_atomic(output_dir: str | os.PathLike, *savables: Any) -> lis
     tmp.mkdir(parents=True)
     for obj in savables:
         obj.save_pretrained(tmp)
+    apply_default_modes(tmp)  # safetensors >= 0.8 writes model.safetensors 0o600 (safetensors/safetensors#782)
     names = sorted(p.name for p in tmp.iterdir())
     for name in sorted(names, key=lambda n: n in _WRITE_LAST):
         target = output_dir / name
@@ -98,7 +106,8 @@ def push_folder_to_hub(
     commit_message: str = "Upload model trained with hf_speech_cl",
     api: HfApi | None = None,
 ) -> str:
-    """Create `repo_id` if needed and upload `folder` (weights, config, card) without its checkpoints and logs.
+    """Create `repo_id` if needed and upload `folder` (weights, config, card) without its checkpoints, logs and
+    temporary folders, nor the run marker (`RUN_MARKER`).
 
     Returns:
         The URL of the commit.
@@ -109,11 +118,35 @@ def push_folder_to_hub(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message=commit_message,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**"],
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", RUN_MARKER],
     )
     url = getattr(info, "commit_url", str(info))
     logger.info("Uploaded %s to %s", folder, url)
     return url
+
+
+# Not walked when looking for what `after_save` wrote: checkpoints, logs, temporary folders, HuBERT's stages.
+_NOT_FINAL = ("checkpoint-", ".tmp-", "logs", "iteration-")
+
+
+def _file_states(folder: Path) -> dict[Path, tuple[int, int]]:
+    """`(inode, mtime)` of every file and folder under `folder`, outside checkpoints, logs and temporary folders."""
+    states = {}
+    for child in folder.iterdir():
+        if child.name.startswith(_NOT_FINAL) or child.is_symlink():
+            continue
+        for path in [child, *child.rglob("*")] if child.is_dir() else [child]:
+            status = path.lstat()
+            states[path] = (status.st_ino, status.st_mtime_ns)
+    return states
+
+
+def _apply_default_modes_to_changes(folder: Path, before: dict[Path, tuple[int, int]]) -> None:
+    """The modes of `apply_default_modes` for each file and folder under `folder` new or rewritten since `before`."""
+    file_mode, folder_mode = default_file_mode(), default_folder_mode()
+    for path, state in _file_states(folder).items():
+        if before.get(path) != state and not path.is_symlink():
+            os.chmod(path, folder_mode if path.is_dir() else file_mode)
 
 
 def _fmt(value: Any) -> str:
@@ -143,11 +176,15 @@ def finalize_pretraining(
     hyperparameters: dict[str, Any] | None = None,
     tags: list[str] | None = None,
     after_save: Any = None,
+    phone_probe: Any = None,
 ) -> Path:
     """The end of every pretraining recipe: save the model, write its card, optionally push it to the Hub.
 
     Runs the writing on the main process only and synchronises the others. `after_save(output_dir)` runs after the
     model is saved and before the card is written (e.g. to export the encoder as a stock checkpoint).
+    `phone_probe(output_dir)` (a `hf_speech_cl.finetuning.PhoneProbe`) runs after that on the saved model; the
+    report it returns (None: probe off) is written to `output_dir/phone_probe.json` and to the card's "Phone probe"
+    section.
 
     Returns:
         The output folder.
@@ -158,7 +195,14 @@ def finalize_pretraining(
         unwrapped = accelerator.unwrap_model(model)
         save_pretrained_atomic(output_dir, unwrapped, *savables)
         if after_save is not None:
+            before = _file_states(output_dir)
             after_save(output_dir)
+            _apply_default_modes_to_changes(output_dir, before)  # e.g. an exported encoder's model.safetensors
+        probe_report = phone_probe(output_dir) if phone_probe is not None else None
+        if probe_report is not None:
+            from .checkpointing import atomic_write_text
+
+            atomic_write_text(output_dir / PHONE_PROBE_FILE, json.dumps(probe_report.to_dict(), indent=2))
         names = sorted(set(result.first_metrics) | set(result.last_metrics) | set(result.eval_metrics))
         metrics = [
             {
@@ -216,6 +260,7 @@ def finalize_pretraining(
             usage=usage,
             finetune_command=finetune_command,
             citation=citation,
+            phone_probe=probe_report.markdown() if probe_report is not None else None,
         )
         if args.push_to_hub:
             push_folder_to_hub(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)

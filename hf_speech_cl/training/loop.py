@@ -53,18 +53,20 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from .arguments import PretrainingArguments
 from .checkpointing import (
     TRAINER_STATE_NAME,
+    apply_default_modes,
     atomic_write_text,
+    claim_output_dir,
     find_last_checkpoint,
     list_checkpoints,
     prune_checkpoints,
     read_trainer_state,
     remove_incomplete_checkpoints,
 )
+from .schedules import make_scheduler
 from .tracking import JSONLinesTracker, truncate_metrics
 
 __all__ = [
@@ -127,7 +129,12 @@ def make_accelerator(args: PretrainingArguments) -> Accelerator:
     """An `Accelerator` for `args`: mixed precision, gradient accumulation, trackers, seed.
 
     Trackers come from `args.report_to`; `jsonl` is ours (`JSONLinesTracker`), other names are accelerate's.
+
+    Raises:
+        ValueError: `args.output_dir` is not empty and not one of our runs, without `--overwrite_output_dir`
+            (`checkpointing.check_output_dir`; every process checks before anything is written).
     """
+    claim_output_dir(args.output_dir, args.overwrite_output_dir)  # before anything is written into it
     logging_dir = os.path.join(args.output_dir, "logs")
     run_name = args.run_name or Path(args.output_dir).name
     log_with: list[Any] = []
@@ -156,9 +163,18 @@ def _multi_cpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def make_partial_state() -> PartialState:
+def make_partial_state(args: PretrainingArguments | None = None) -> PartialState:
     """accelerate's `PartialState` as `make_accelerator` sets it up (gloo on CPU-only machines under torchrun), for
-    work before the accelerator exists (e.g. HuBERT's label stages with `main_process_first`)."""
+    work before the accelerator exists (e.g. HuBERT's label stages with `main_process_first`).
+
+    With `args`, first checks and claims `args.output_dir` as `make_accelerator` does (pass it when the recipe writes
+    into the folder before it makes an accelerator).
+
+    Raises:
+        ValueError: see `make_accelerator`.
+    """
+    if args is not None:
+        claim_output_dir(args.output_dir, args.overwrite_output_dir)  # before anything is written into it
     return PartialState(cpu=_multi_cpu())
 
 
@@ -380,11 +396,12 @@ def train(
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
-    scheduler = get_scheduler(
+    scheduler = make_scheduler(  # prepared schedulers step once per process per update
         args.lr_scheduler_type,
-        optimizer=optimizer,
+        optimizer,
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_steps * accelerator.num_processes,
+        scheduler_kwargs=args.lr_scheduler_kwargs_dict,
     )
     if find_unused_parameters and accelerator.ddp_handler is None:
         accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -655,6 +672,7 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(tmp / TRAINER_STATE_NAME, json.dumps(state, indent=2, default=float))
+        apply_default_modes(tmp)  # safetensors writes 0o600 (safetensors/safetensors#782)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -3,11 +3,11 @@
 
 Iteration 1 clusters 39-d MFCCs (13 + Δ + ΔΔ) of the training split into K=100 clusters, labels every split and
 trains a `HubertForPreTraining` to predict the labels of masked frames. Iteration i > 1 clusters hidden layer L of
-iteration i-1's model (default: the middle layer, N // 2: 6 of BASE's 12 as in the paper, 1 of `tiny`'s 2) into K=500
-clusters, relabels, and trains a fresh model on the new labels. Fresh, not continued, as in the paper (§IV-C: each
-iteration trains a new model on the new targets) and fairseq's recipe: the prediction head changes size with K anyway,
-and each iteration's model then depends only on its labels, so rerunning one iteration does not depend on where the
-previous training happened to stop.
+iteration i-1's model (`--label_layer`, default from its depth N: N // 2, i.e. 6 of BASE's 12 as in the paper and 1
+of `tiny`'s 2; 9 for N >= 24) into K=500 clusters, relabels, and trains a fresh model on the new labels. Fresh, not
+continued (unless `--init_from`, below), as in the paper (§IV-C: each iteration trains a new model on the new targets)
+and fairseq's recipe: the prediction head changes size with K anyway, and each iteration's model then depends only
+on its labels, so rerunning one iteration does not depend on where the previous training happened to stop.
 
 With no arguments both iterations run on the offline `synthetic-librispeech` corpus (built on first use) with the
 `tiny` encoder, in about 11 minutes on 2 CPU cores (measured). Layout of `--output_dir`:
@@ -17,7 +17,9 @@ With no arguments both iterations run on the offline `synthetic-librispeech` cor
     iteration-{i}/labeler/          `HubertPseudoLabeler.from_pretrained(...)` + centroids, kmeans.json, label_info.json
     iteration-{i}/labels/{split}/   the labels beside the dataset (`save_to_disk`: `labels`, `id`) + label_info.json
     iteration-{i}/metrics/{split}/  phone purity, cluster purity, PNMI when the dataset has phone alignments
-    iteration-{i}/model/            checkpoints, logs, the trained model and its card
+    iteration-{i}/model/            checkpoints, logs, the trained model, its card and phone_probe.json (a linear
+                                    frame-level phone probe of its frozen layers, MFCC and a random encoder as
+                                    references; `--phone_probe false` skips it)
     config.json, model.safetensors, README.md, ...   the last iteration's model: `AutoModelForPreTraining` (after
                                     `import hf_speech_cl`), stock `HubertForCTC.from_pretrained(out)`
 
@@ -29,9 +31,22 @@ The training flags (`--max_steps`, `--learning_rate`, `--save_steps`, ...) apply
 
 Random crops (`--max_train_crop_s`) cut the labels with the audio (fairseq `collater_frm_label` offsets).
 
+Continued pretraining (`--init_from PATH_OR_HUB_ID`): a HuBERT checkpoint (stock `HubertModel` / `HubertForCTC`, e.g.
+facebook/hubert-base-ls960, or one of this recipe's outputs) plays iteration 1's model, so the run starts at
+iteration 2: k-means on layer `--label_layer` of that checkpoint (K: the second value of `--num_clusters`, 500 by
+default), then masked prediction that starts from the checkpoint's encoder weights with a new prediction head
+(`final_proj`, `label_embs_concat`; the log and the card say what was newly initialised). With `--iterations 3` and
+more, each further iteration also continues from the model its labels came from. The architecture is the
+checkpoint's: `--model_size` / `--config_overrides` that change it (hidden size, conv layout, depth, ...) are an error
+naming the fields; the input is normalised as the checkpoint's `preprocessor_config.json` says (if it has one).
+Note that facebook/hubert-base-ls960 is itself the paper's iteration-2 BASE model; the paper's next targets (for
+LARGE) came from its layer 9: `--label_layer 9`.
+
 Examples:
     accelerate launch recipes/pretrain_hubert.py
-    accelerate launch recipes/pretrain_hubert.py --iterations 3 --num_clusters 100,500,500 --layer 1
+    accelerate launch recipes/pretrain_hubert.py --iterations 3 --num_clusters 100,500,500 --label_layer 1
+    accelerate launch recipes/pretrain_hubert.py --init_from facebook/hubert-base-ls960 --label_layer 9 \\
+        --dataset_name openslr/librispeech_asr --dataset_config clean --train_split train.100 --max_steps 20000
     accelerate launch recipes/pretrain_hubert.py --dataset_name openslr/librispeech_asr --dataset_config clean \\
         --train_split train.100 --eval_split validation --model_size base --mixed_precision bf16 \\
         --kmeans_max_dump_utterances 20000 --max_steps 100000
@@ -59,9 +74,18 @@ import hf_speech_cl  # noqa: F401  (first: a mismatched torch stack is a clear e
 import datasets
 import torch
 from accelerate import PartialState
-from transformers import HfArgumentParser, Wav2Vec2FeatureExtractor
+from transformers import AutoConfig, HfArgumentParser, Wav2Vec2FeatureExtractor
 
+from hf_speech_cl.continued_pretraining import (
+    check_fits,
+    checkpoint_config,
+    checkpoint_normalizes,
+    encoder_architecture,
+    load_hubert_for_continued_pretraining,
+    matching_preset,
+)
 from hf_speech_cl.data import DataArguments, build_pretraining_dataloaders, load_speech_dataset
+from hf_speech_cl.finetuning import PhoneProbe, PhoneProbeArguments
 from hf_speech_cl.models.hubert_pretraining import HubertForPreTraining, HubertPretrainingConfig
 from hf_speech_cl.presets import ENCODER_PRESETS, encoder_preset
 from hf_speech_cl.pseudo_labels import (
@@ -101,7 +125,21 @@ CITATION = (
 @dataclass
 class HubertArguments:
     iterations: int = field(
-        default=2, metadata={"help": "Labelling + training rounds: 1 = MFCC targets only; paper BASE: 2."}
+        default=2,
+        metadata={
+            "help": "Labelling + training rounds: 1 = MFCC targets only; paper BASE: 2. The last iteration's number: "
+            "with --init_from (which plays iteration 1) the run trains iterations 2..N, one by default."
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue pretraining from this HuBERT checkpoint (folder or Hub id: stock HubertModel / "
+            "HubertForCTC such as facebook/hubert-base-ls960, or one of this recipe's outputs). It plays iteration "
+            "1's model: iteration 2 clusters its layer --label_layer and trains from its encoder weights with a new "
+            "prediction head. Its architecture is kept (a --model_size or --config_overrides that changes it is an "
+            "error)."
+        },
     )
     num_clusters: str = field(
         default="100,500",
@@ -110,12 +148,14 @@ class HubertArguments:
             "for further iterations. Paper: 100 on MFCCs, 500 on the layer features afterwards."
         },
     )
-    layer: int | None = field(
+    label_layer: int | None = field(
         default=None,
         metadata={
-            "help": "Hidden layer of the previous iteration's model clustered from iteration 2 on, counted as "
-            "`hidden_states[layer]` (0 = Transformer input, N = last block). Default: the middle one, N // 2 (the "
-            "paper's layer 6 of BASE's 12)."
+            "aliases": ["--layer"],
+            "help": "Hidden layer of the previous iteration's model (or of --init_from) clustered from iteration 2 "
+            "on, counted as `hidden_states[layer]` (0 = Transformer input, N = last block). Default from the depth "
+            "N: N // 2 up to 23 layers (the paper's layer 6 of BASE's 12, fairseq iteration 2), 9 from 24 layers "
+            "(LARGE / X-LARGE: the paper's layer 9). `--layer` is the old name.",
         },
     )
     kmeans_backend: str = field(
@@ -139,8 +179,12 @@ class HubertArguments:
             "2-core machine, 1 thread ran MFCC 9x and faiss k-means 7x faster than 2 (threads spin-waiting)."
         },
     )
-    model_size: str = field(
-        default="tiny", metadata={"help": f"Encoder preset of the models trained: {', '.join(ENCODER_PRESETS)}."}
+    model_size: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Encoder preset of the models trained: {', '.join(ENCODER_PRESETS)}. Default: tiny, or with "
+            "--init_from the checkpoint's architecture (given, it must be the checkpoint's)."
+        },
     )
     objective: str = field(
         default="auto",
@@ -180,9 +224,21 @@ class HubertArguments:
             raise ValueError(f"--labeling_threads must be >= 0, got {self.labeling_threads}")
         if self.objective not in OBJECTIVE_SETTINGS and self.objective != "auto":
             raise ValueError(f"--objective must be auto, paper or cpu, got {self.objective!r}")
-        if self.layer is not None and self.layer < 0:
-            raise ValueError(f"--layer must be >= 0, got {self.layer}")
+        if self.label_layer is not None and self.label_layer < 0:
+            raise ValueError(f"--label_layer must be >= 0, got {self.label_layer}")
+        if self.model_size is not None and self.model_size not in ENCODER_PRESETS:
+            raise ValueError(f"--model_size must be one of {', '.join(ENCODER_PRESETS)}, got {self.model_size!r}")
+        if self.init_from and self.iterations < 2:
+            raise ValueError(
+                f"--init_from plays iteration 1's model, so the run starts at iteration 2: --iterations (the last "
+                f"iteration) must be >= 2, got {self.iterations}"
+            )
         _ = self.clusters_per_iteration
+
+    @property
+    def first_iteration(self) -> int:
+        """1, or 2 with --init_from (the checkpoint is iteration 1's model)."""
+        return 2 if self.init_from else 1
 
     @property
     def clusters_per_iteration(self) -> list[int]:
@@ -194,6 +250,12 @@ class HubertArguments:
         if not values or min(values) < 2:
             raise ValueError(f"--num_clusters needs integers >= 2, got {self.num_clusters!r}")
         return [values[min(i, len(values) - 1)] for i in range(self.iterations)]
+
+
+def default_label_layer(num_layers: int) -> int:
+    """Layer clustered for the next iteration's labels: N // 2 (6 of BASE's 12: Hsu et al. 2021 §IV-C, fairseq's
+    iteration 2), 9 for 24 layers and more (the paper's LARGE / X-LARGE targets: layer 9)."""
+    return 9 if num_layers >= 24 else num_layers // 2
 
 
 @contextlib.contextmanager
@@ -293,12 +355,38 @@ def quality_table(history: list[dict[str, Any]], note: str | None) -> str:
     return "\n".join(lines)
 
 
-def build_config(hubert_args: HubertArguments, num_clusters: int, label_rate: float, sampling_rate: int):
+def model_size_of(hubert_args: HubertArguments, init_config=None) -> str | None:
+    """The preset trained: `--model_size`, else the preset the checkpoint's architecture is (None: none is), else
+    tiny."""
+    if hubert_args.model_size or init_config is None:
+        return hubert_args.model_size or "tiny"
+    return matching_preset(init_config)
+
+
+def build_config(
+    hubert_args: HubertArguments,
+    num_clusters: int,
+    label_rate: float,
+    sampling_rate: int,
+    init_config=None,
+    init_source: str | None = None,
+):
+    """The `HubertPretrainingConfig` of an iteration: the preset's encoder, or that of `init_config` (the checkpoint
+    training continues from: its architecture fields only, the pretraining settings are the recipe's), the objective,
+    `--config_overrides`.
+
+    Raises:
+        ValueError: with `init_config`, an encoder that differs from the checkpoint's (names the fields).
+    """
+    size = model_size_of(hubert_args, init_config)
     objective = hubert_args.objective
     if objective == "auto":
-        objective = "cpu" if hubert_args.model_size == "tiny" else "paper"
+        objective = "cpu" if size == "tiny" else "paper"
+    encoder = encoder_architecture(init_config) if init_config is not None else {}
+    if hubert_args.model_size or init_config is None:  # a preset, over the checkpoint's other fields (conv_bias, ...)
+        encoder.update(encoder_preset(size))
     config = HubertPretrainingConfig(
-        **encoder_preset(hubert_args.model_size),
+        **encoder,
         **OBJECTIVE_SETTINGS[objective],
         num_clusters=num_clusters,
         label_rate=label_rate,
@@ -306,6 +394,16 @@ def build_config(hubert_args: HubertArguments, num_clusters: int, label_rate: fl
     )
     if hubert_args.config_overrides:
         config.update_from_string(hubert_args.config_overrides)
+    if init_config is not None:
+        asked_by = " and ".join(
+            f"--{name} {value}"
+            for name, value in (
+                ("model_size", hubert_args.model_size),
+                ("config_overrides", hubert_args.config_overrides),
+            )
+            if value
+        )
+        check_fits(init_source, init_config, config, asked_by=asked_by or "the config asked for")
     return config
 
 
@@ -318,12 +416,23 @@ def objective_description(config: HubertPretrainingConfig, history: list[dict[st
         f"embeddings / {config.logit_temperature} (cross-entropy on masked frames only, weight "
         f"{config.pred_masked_weight}; feature penalty {config.feature_penalty_weight}). This is iteration "
         f"{current['iteration']}: labels from {current['source']} at {current['label_rate']:g} Hz (the labeler that "
-        f"reproduces them is in `iteration-{current['iteration']}/labeler/` of the training output). Each "
-        "iteration trains a fresh model.\n\n"
+        f"reproduces them is in `iteration-{current['iteration']}/labeler/` of the training output). "
+        + started_from_text(current)
+        + "\n\n"
         "### Label quality\n\n"
         "Frame labels against the corpus's phone alignments (Hsu et al. 2021 §IV-E, fairseq "
         "`measure_teacher_quality.py`): phone purity = E_z[max_y p(y|z)], cluster purity = E_y[max_z p(z|y)], "
         "PNMI = I(y; z) / H(y).\n\n" + quality_table(history, note)
+    )
+
+
+def started_from_text(current: dict[str, Any]) -> str:
+    """What the iteration's training started from, for the card."""
+    if not current.get("started_from"):
+        return "Each iteration trains a fresh model."
+    return (
+        f"Continued pretraining: training started from the encoder weights of `{current['started_from']}`, with a "
+        f"new prediction head ({current.get('init_summary') or 'newly initialised: final_proj, label_embs_concat'})."
     )
 
 
@@ -358,7 +467,9 @@ def finish(folder: Path, **record: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = HfArgumentParser((HubertArguments, DataArguments, PretrainingArguments), description=__doc__)
+    parser = HfArgumentParser(
+        (HubertArguments, DataArguments, PretrainingArguments, PhoneProbeArguments), description=__doc__
+    )
     parser.set_defaults(
         output_dir="outputs/hubert-tiny",
         max_steps=300,
@@ -368,13 +479,28 @@ def main(argv: list[str] | None = None) -> Path:
         save_steps=100,
         logging_steps=10,
     )
-    hubert_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    hubert_args, data_args, args, probe_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    state = make_partial_state()  # several processes also on a CPU-only machine (gloo)
+    normalize = True  # hf_speech_cl's models see per-utterance normalised waveforms
+    if hubert_args.init_from:  # a checkpoint that does not fit is refused before anything is written or labelled
+        init_config = checkpoint_config(
+            hubert_args.init_from, ("hubert", HubertPretrainingConfig.model_type), "HuBERT"
+        )
+        k = hubert_args.clusters_per_iteration[hubert_args.first_iteration - 1]
+        build_config(hubert_args, k, 50.0, data_args.sampling_rate, init_config, hubert_args.init_from)
+        pick_label_layer(hubert_args, init_config.num_hidden_layers, hubert_args.init_from)
+        normalize = checkpoint_normalizes(hubert_args.init_from)
+        if normalize is None:
+            logger.info("%s has no preprocessor_config.json: input normalised per utterance", hubert_args.init_from)
+            normalize = True
+
+    state = make_partial_state(args)  # several processes also on a CPU-only machine (gloo); claims output_dir
+    # every iteration's model and the final one (a copy of the last iteration's: probed once, the result cached)
+    phone_probe = PhoneProbe(probe_args, data_args, seed=args.seed, device=state.device)
     output_dir = Path(args.output_dir)
     feature_extractor = Wav2Vec2FeatureExtractor(
-        sampling_rate=data_args.sampling_rate, do_normalize=True, return_attention_mask=True
+        sampling_rate=data_args.sampling_rate, do_normalize=normalize, return_attention_mask=True
     )
     splits = load_label_splits(data_args, state)
     has_phones = [s for s, d in splits.items() if hubert_args.alignment_column in d.column_names]
@@ -384,19 +510,27 @@ def main(argv: list[str] | None = None) -> Path:
         else (f"Not measured: the dataset has no `{hubert_args.alignment_column}` column of phone alignments.")
     )
     history: list[dict[str, Any]] = []
-    previous: Path | None = None
+    # the model the labels of the next iteration come from: --init_from plays iteration 1's
+    previous: str | Path | None = hubert_args.init_from
     result: TrainResult | None = None
     model: HubertForPreTraining | None = None
 
     for iteration, num_clusters in enumerate(hubert_args.clusters_per_iteration, start=1):
+        if iteration < hubert_args.first_iteration:
+            continue
         folder = output_dir / f"iteration-{iteration}"
-        layer = None
+        layer = previous_config = None
         if previous is not None:
-            num_layers = HubertPretrainingConfig.from_pretrained(previous).num_hidden_layers
-            layer = hubert_args.layer if hubert_args.layer is not None else num_layers // 2
-        source = (
-            "39-d MFCC (13 + Δ + ΔΔ)" if previous is None else f"layer {layer} of the iteration-{iteration - 1} model"
-        )
+            previous_config = AutoConfig.from_pretrained(previous)
+            layer = pick_label_layer(hubert_args, previous_config.num_hidden_layers, str(previous))
+        if previous is None:
+            source = "39-d MFCC (13 + Δ + ΔΔ)"
+        elif str(previous) == hubert_args.init_from:
+            source = f"layer {layer} of {hubert_args.init_from}"
+        else:
+            source = f"layer {layer} of the iteration-{iteration - 1} model"
+        # continued pretraining: every iteration starts from the model its labels came from
+        continue_from = str(previous) if hubert_args.init_from else None
         label_args = PseudoLabelArguments(
             output_dir=str(folder),
             iteration=iteration,
@@ -413,6 +547,7 @@ def main(argv: list[str] | None = None) -> Path:
             audio_column=data_args.audio_column,
             id_column=hubert_args.id_column,
             alignment_column=hubert_args.alignment_column,
+            normalize_input=feature_extractor.do_normalize,  # features of the encoder's input as it was trained
             device=str(state.device),
         )
         settings = {
@@ -425,7 +560,11 @@ def main(argv: list[str] | None = None) -> Path:
                 data_args.max_train_samples,
                 data_args.max_eval_samples,
             ],
-            "model": [hubert_args.model_size, hubert_args.config_overrides],
+            "model": [
+                hubert_args.model_size if hubert_args.init_from else (hubert_args.model_size or "tiny"),
+                hubert_args.config_overrides,
+            ],
+            "init_from": continue_from,
             "training": {
                 k: getattr(args, k)
                 for k in (
@@ -452,6 +591,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "num_clusters": num_clusters,
                 "label_rate": label_rate,
                 "metrics": labels.metrics,
+                "started_from": continue_from,
             }
         )
         report_labels(history, labels, state)
@@ -466,11 +606,25 @@ def main(argv: list[str] | None = None) -> Path:
         if is_stage_complete(model_dir):
             state.print(f"iteration {iteration}: training already complete in {model_dir}, skipped")
             result = TrainResult(**json.loads((model_dir / "train_results.json").read_text()))
+            history[-1]["init_summary"] = json.loads((model_dir / STAGE_MARKER).read_text()).get("init")
             accelerator = None
         else:
             accelerator = make_accelerator(iteration_args)
-            config = build_config(hubert_args, num_clusters, label_rate, feature_extractor.sampling_rate)
-            model = HubertForPreTraining(config)
+            config = build_config(
+                hubert_args,
+                num_clusters,
+                label_rate,
+                feature_extractor.sampling_rate,
+                init_config=previous_config if continue_from else None,
+                init_source=continue_from,
+            )
+            if continue_from:
+                model, init_report = load_hubert_for_continued_pretraining(continue_from, config)
+                history[-1]["init_summary"] = init_report.summary()
+                if accelerator.is_main_process:
+                    logger.info("iteration %d: %s", iteration, init_report.summary())
+            else:
+                model = HubertForPreTraining(config)
             collator = DataCollatorForHubertPretraining(
                 feature_extractor, list(labels.label_dirs.values()), id_column=hubert_args.id_column
             )
@@ -499,14 +653,29 @@ def main(argv: list[str] | None = None) -> Path:
                     "iteration": iteration,
                     "num_clusters": num_clusters,
                     "label_source": source,
-                    "model_size": hubert_args.model_size,
+                    "model_size": model_size_of(hubert_args, config if continue_from else None),
+                    "init_from": continue_from,
                 },
             )
             finalize(
-                accelerator, model, result, iteration_args, hubert_args, data_args, history, note, feature_extractor
+                accelerator,
+                model,
+                result,
+                iteration_args,
+                hubert_args,
+                data_args,
+                history,
+                note,
+                feature_extractor,
+                phone_probe,
             )
             if accelerator.is_main_process:
-                finish(model_dir, iteration=iteration, global_step=result.global_step)
+                finish(
+                    model_dir,
+                    iteration=iteration,
+                    global_step=result.global_step,
+                    init=history[-1].get("init_summary"),
+                )
             accelerator.wait_for_everyone()
         previous = model_dir
 
@@ -529,6 +698,7 @@ def main(argv: list[str] | None = None) -> Path:
             history,
             note,
             feature_extractor,
+            phone_probe,
         )
         if accelerator.is_main_process:
             finish(output_dir, iteration=final_iteration, source=str(previous))
@@ -537,8 +707,28 @@ def main(argv: list[str] | None = None) -> Path:
         push_folder_to_hub(staging, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
-    state.print(f"done: {final_iteration} iteration(s); final model in {output_dir}\n" + quality_table(history, note))
+    trained = final_iteration - hubert_args.first_iteration + 1
+    started = f" from {hubert_args.init_from}" if hubert_args.init_from else ""
+    state.print(
+        f"done: {trained} iteration(s){started}, the last is iteration {final_iteration}; final model in "
+        f"{output_dir}\n" + quality_table(history, note)
+    )
     return output_dir
+
+
+def pick_label_layer(hubert_args: HubertArguments, num_layers: int, source: str) -> int:
+    """`--label_layer`, or `default_label_layer` of a model of `num_layers`.
+
+    Raises:
+        ValueError: the layer is not one of the model's 0..num_layers.
+    """
+    layer = hubert_args.label_layer if hubert_args.label_layer is not None else default_label_layer(num_layers)
+    if not 0 <= layer <= num_layers:
+        raise ValueError(
+            f"--label_layer {layer} is outside 0..{num_layers}, the hidden layers of {source} "
+            f"(num_hidden_layers={num_layers})."
+        )
+    return layer
 
 
 def report_labels(history: list[dict[str, Any]], labels: PseudoLabelResult, state: PartialState) -> None:
@@ -572,8 +762,12 @@ def report_labels(history: list[dict[str, Any]], labels: PseudoLabelResult, stat
             )
 
 
-def finalize(accelerator, model, result, args, hubert_args, data_args, history, note, feature_extractor) -> Path:
+def finalize(
+    accelerator, model, result, args, hubert_args, data_args, history, note, feature_extractor, phone_probe=None
+) -> Path:
     config = accelerator.unwrap_model(model).config
+    started_from = history[-1].get("started_from")
+    size = model_size_of(hubert_args, config if started_from else None)
     return finalize_pretraining(
         accelerator=accelerator,
         model=model,
@@ -587,11 +781,12 @@ def finalize(accelerator, model, result, args, hubert_args, data_args, history, 
         train_split=data_args.train_split,
         dataset_note=data_args.dataset_note,
         architecture=(
-            f"`HubertForPreTraining` (`{hubert_args.model_size}`, feat_extract_norm={config.feat_extract_norm}): "
+            f"`HubertForPreTraining` ({f'`{size}`, ' if size else ''}feat_extract_norm={config.feat_extract_norm}): "
             f"{config.num_hidden_layers} Transformer layers of {config.hidden_size} units, "
             f"{sum(p.numel() for p in model.parameters()):,} parameters with the prediction head "
             f"(final_dim {config.final_dim}, {config.num_clusters} cluster embeddings). Its encoder loads with stock "
             "`HubertForCTC` / `HubertForSequenceClassification`."
+            + (f" Encoder initialised from `{started_from}` (continued pretraining)." if started_from else "")
         ),
         usage=(
             "import hf_speech_cl  # registers the hubert_pretraining model type\n"
@@ -612,8 +807,10 @@ def finalize(accelerator, model, result, args, hubert_args, data_args, history, 
             "mask_time_length": config.mask_time_length,
             "crop (s)": data_args.max_train_crop_s,
             "k-means": f"{hubert_args.kmeans_backend}, {hubert_args.kmeans_sample_fraction:g} of the utterances",
+            **({"initialised from": f"`{started_from}` (encoder; new head)"} if started_from else {}),
         },
         tags=["hubert", "masked-prediction", "pseudo-labels"],
+        phone_probe=phone_probe,
     )
 
 

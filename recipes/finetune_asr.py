@@ -58,6 +58,7 @@ from hf_speech_cl.finetuning import (
     NO_PRETRAINING,
     CTCEvaluator,
     DataCollatorCTC,
+    check_output_is_not_the_checkpoint,
     checkpoint_model_type,
     count_ctc_infeasible,
     ctc_tokenizer_for,
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"--ctc_loss_reduction must be mean or sum, got {model_args.ctc_loss_reduction!r}")
     test_split = None if (model_args.test_split or "").lower() in ("", "none") else model_args.test_split
     path = model_args.model_name_or_path
+    check_output_is_not_the_checkpoint(args.output_dir, path)
     pretrained = path not in NO_PRETRAINING
     if model_args.freeze_feature_encoder is None:
         model_args.freeze_feature_encoder = pretrained

@@ -48,6 +48,7 @@ from hf_speech_cl.finetuning import (
     DataCollatorAudioClassification,
     LabelMapper,
     check_labels,
+    check_output_is_not_the_checkpoint,
     checkpoint_model_type,
     encoder_min_input_samples,
     finalize_finetuning,
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args.output_dir = args.output_dir or f"outputs/{model_args.task.replace('_', '-')}-tiny"
     test_split = None if (model_args.test_split or "").lower() in ("", "none") else model_args.test_split
     path = model_args.model_name_or_path
+    check_output_is_not_the_checkpoint(args.output_dir, path)
     if model_args.freeze_feature_encoder is None:
         model_args.freeze_feature_encoder = path not in NO_PRETRAINING
     if model_args.freeze_transformer_updates or model_args.layerdrop > 0:

@@ -109,3 +109,25 @@ def test_a_batch_without_audio_on_one_process_is_skipped_by_both(tmp_path):
         torch.testing.assert_close(results[0]["state"][name], results[1]["state"][name], rtol=0, atol=0)
     records = [r for r in read_metrics(tmp_path / "run" / "logs") if "skipped_batches" in r]
     assert records[-1]["skipped_batches"] == 1
+
+
+def test_streaming_pretraining_and_evaluation_on_two_processes(tmp_path, corpus_env):
+    # accelerate's default for iterable datasets (process 0 reads and dispatches concatenated batches) cannot join
+    # padded batches of different lengths; every process must read the stream and keep its own share of the batches
+    out, dumps = tmp_path / "out", tmp_path / "params"
+    dumps.mkdir()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), str(ROOT / "tests" / "fault_driver.py"), "pretrain_simclr", "none", "--",
+        "--output_dir", str(out), "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
+        "--warmup_steps", "1", "--per_device_train_batch_size", "2", "--dataset_kwargs", json.dumps(CORPUS),
+        "--streaming", "--shuffle_buffer_size", "8", "--max_eval_samples", "6",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT_DRIVER_DUMP_PARAMS": str(dumps)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    first, second = (torch.load(dumps / f"rank{rank}.pt") for rank in range(2))
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0, msg=name)
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["global_step"] == 3 and "eval_loss" in results["eval_metrics"]

@@ -267,3 +267,11 @@ def test_recipes_reject_a_non_speech_checkpoint(tmp_path, asr_recipe, cls_recipe
         asr_recipe.main(common(tmp_path / "a", 1, "--model_name_or_path", str(tmp_path / "bert")))
     with pytest.raises(ValueError, match="not a speech encoder"):
         cls_recipe.main(common(tmp_path / "c", 1, "--model_name_or_path", str(tmp_path / "bert")))
+
+
+def test_fine_tuning_into_the_checkpoint_folder_is_refused(asr_recipe, small_checkpoint):
+    path = small_checkpoint[0]
+    before = sorted(p.name for p in path.iterdir())
+    with pytest.raises(ValueError, match="is the checkpoint being fine-tuned"):
+        asr_recipe.main(common(path, 1, "--model_name_or_path", str(path)))
+    assert sorted(p.name for p in path.iterdir()) == before

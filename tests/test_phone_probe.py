@@ -112,3 +112,27 @@ def test_a_trained_checkpoint_folder_is_probed_with_its_feature_extractor(tmp_pa
         max_iter=20,
     )
     assert [r.name for r in report.results] == ["checkpoint"] and 0.0 <= report.accuracy <= 1.0
+
+
+def test_a_failing_probe_never_costs_the_run_its_card(monkeypatch, tiny_librispeech, corpus_cache_dir):
+    import hf_speech_cl.finetuning.phone_probe as module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(module, "run_phone_probe", broken)
+    data_args = DataArguments(dataset_kwargs=json.dumps(TINY_PARAMS["synthetic-librispeech"]))
+    report = PhoneProbe(PhoneProbeArguments(), data_args)(None)
+    assert report.skipped == "the probe failed (RuntimeError: out of memory)"
+
+
+def test_unreadable_and_nan_utterances_are_left_out_of_the_probe(tiny_librispeech):
+    import datasets
+
+    from hf_speech_cl.finetuning.phone_probe import load_probe_utterances
+
+    rows = tiny_librispeech["test"].cast_column("audio", datasets.Audio(decode=False)).select(range(3)).to_list()
+    rows[0]["audio"] = {"bytes": b"not audio", "path": "bad.wav"}
+    rows[1]["audio"] = {"bytes": None, "path": None}
+    table = datasets.Dataset.from_list(rows).cast_column("audio", datasets.Audio(decode=False))
+    assert len(load_probe_utterances(table, sampling_rate=16000)) == 1

@@ -315,3 +315,12 @@ def test_evaluation_is_deterministic_and_leaves_the_training_stream_alone(tmp_pa
     assert first == second and first["eval_loss"] > 0
     assert torch.equal(torch.get_rng_state(), before[0])
     assert (np.random.get_state()[1] == before[1]).all()
+
+
+def test_resume_refuses_checkpoints_of_another_model(tmp_path):
+    class OtherModel(ToyModel):
+        pass
+
+    run(make_args(tmp_path, max_steps=4, save_steps=4))
+    with pytest.raises(ValueError, match="checkpoints of a ToyModel run.*trains a OtherModel"):
+        run(make_args(tmp_path, max_steps=8, save_steps=4), model=OtherModel())

@@ -77,10 +77,11 @@ def _load_split(
     return dataset
 
 
-def eval_clip_options(data_args: DataArguments) -> dict[str, Any]:
+def eval_clip_options(data_args: DataArguments, pad_to_s: float = 0.0) -> dict[str, Any]:
     """The filters of evaluation and test splits: every non-empty utterance up to `max_eval_duration_s` (default: no
-    limit), clips shorter than the receptive field zero-padded to it, no crop."""
-    return {"min_duration_s": 0.0, "max_duration_s": data_args.max_eval_duration_s, "pad_short": True}
+    limit), no crop; clips shorter than `pad_to_s` seconds or the receptive field are zero-padded to it, not
+    dropped (pretraining evaluation pads to `min_duration_s`, so that a wav2vec 2.0 / HuBERT clip can be masked)."""
+    return {"min_duration_s": pad_to_s, "max_duration_s": data_args.max_eval_duration_s, "pad_short": True}
 
 
 def build_speech_datasets(
@@ -90,6 +91,7 @@ def build_speech_datasets(
     min_input_samples: int = 1,
     seed: int = 0,
     keep_columns: Sequence[str] = (),
+    eval_pad_to_s: float = 0.0,
 ) -> tuple[SpeechData, SpeechData | None]:
     """The training and evaluation datasets that `data_args` describe.
 
@@ -104,6 +106,7 @@ def build_speech_datasets(
         min_input_samples: shortest clip in samples, e.g. `min_input_samples(encoder_config)`.
         seed: seed of shuffling, crops and subset choice.
         keep_columns: columns to pass through to the collator (e.g. `[data_args.text_column]`).
+        eval_pad_to_s: evaluation clips shorter than this (seconds) are zero-padded to it (`eval_clip_options`).
 
     Returns:
         `(train, eval)`: `SpeechDataset`s, or `SpeechIterableDataset`s when streaming; `eval` is `None` without
@@ -150,7 +153,7 @@ def build_speech_datasets(
         shuffle=False,
         seed=seed,
     )
-    return train, wrap(eval_raw, max_crop_s=None, **{**common, **eval_clip_options(data_args)})
+    return train, wrap(eval_raw, max_crop_s=None, **{**common, **eval_clip_options(data_args, eval_pad_to_s)})
 
 
 def build_pretraining_dataloaders(
@@ -201,6 +204,7 @@ def build_pretraining_dataloaders(
         min_input_samples=encoder_min_input_samples(encoder_config),
         seed=seed,
         keep_columns=keep_columns,
+        eval_pad_to_s=data_args.min_duration_s,  # short eval clips padded to what training masks, not dropped
     )
     collator = collator if collator is not None else AudioCollator(feature_extractor, min_clips=min_clips)
     loader_kwargs = {

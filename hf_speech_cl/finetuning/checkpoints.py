@@ -54,6 +54,7 @@ from ..models.ctc_probe import register as register_ctc_probe
 from ..presets import ENCODER_PRESETS, encoder_preset
 
 __all__ = [
+    "check_output_is_not_the_checkpoint",
     "NO_PRETRAINING",
     "SPEECH_ENCODER_TYPES",
     "TASKS",
@@ -100,6 +101,20 @@ def checkpoint_model_type(path: str | None) -> str | None:
         ValueError: unreadable config or one without `model_type`.
     """
     return None if path in NO_PRETRAINING else _config_dict(str(path))["model_type"]
+
+
+def check_output_is_not_the_checkpoint(output_dir: str | os.PathLike, path: str | None) -> None:
+    """Refuse to fine-tune into the folder of the checkpoint being fine-tuned: the final save would replace the
+    pretrained weights and card, and the run would try to resume from the pretraining checkpoints.
+
+    Raises:
+        ValueError: `output_dir` and `path` are the same folder.
+    """
+    if path and os.path.isdir(path) and Path(output_dir).resolve() == Path(path).resolve():
+        raise ValueError(
+            f"--output_dir {output_dir} is the checkpoint being fine-tuned (--model_name_or_path): the fine-tuned "
+            "model would replace it. Pick another --output_dir."
+        )
 
 
 def resolve_encoder_checkpoint(path: str, workdir: str | os.PathLike) -> tuple[str, str]:

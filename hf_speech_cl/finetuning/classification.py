@@ -261,14 +261,15 @@ class ClassificationEvaluator:
         references: list[int] = []
         losses: list[float] = []
         for batch in eval_batches(self.dataloader, self.max_batches):
-            labels = batch.pop("labels")
-            with accelerator.autocast():
-                logits = model(**batch).logits
-            loss = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-            gathered = accelerator.gather_for_metrics(
-                [(int(p), int(r), float(x)) for p, r, x in zip(logits.argmax(-1).cpu(), labels.cpu(), loss.cpu())],
-                use_gather_object=True,
-            )
+            items = []
+            if batch is not None:  # None: no readable clip here, but the all-gather below is still entered
+                labels = batch.pop("labels")
+                with accelerator.autocast():
+                    logits = model(**batch).logits
+                loss = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+                predicted = logits.argmax(-1).cpu()
+                items = [(int(p), int(r), float(x)) for p, r, x in zip(predicted, labels.cpu(), loss.cpu())]
+            gathered = accelerator.gather_for_metrics(items, use_gather_object=True)
             for prediction, reference, value in gathered:
                 predictions.append(prediction)
                 references.append(reference)

@@ -273,20 +273,20 @@ class CTCEvaluator:
         blank_frames: list[int] = []
         valid_frames: list[int] = []
         for batch in eval_batches(self.dataloader, self.max_batches):
-            texts = batch.pop("text")
-            labels = batch.pop("labels")
-            with accelerator.autocast():
-                logits = model(**batch).logits
-            lengths = ctc_output_lengths(model, batch.get("attention_mask"), logits)
-            hyps, blanks, valid = greedy_ctc_decode(logits, lengths, self.tokenizer)
-            loss = ctc_per_utterance_loss(logits, labels, lengths, blank).cpu()
-            gathered = accelerator.gather_for_metrics(
-                [
+            items = []
+            if batch is not None:  # None: no readable clip here, but the all-gather below is still entered
+                texts = batch.pop("text")
+                labels = batch.pop("labels")
+                with accelerator.autocast():
+                    logits = model(**batch).logits
+                lengths = ctc_output_lengths(model, batch.get("attention_mask"), logits)
+                hyps, blanks, valid = greedy_ctc_decode(logits, lengths, self.tokenizer)
+                loss = ctc_per_utterance_loss(logits, labels, lengths, blank).cpu()
+                items = [
                     {"hyp": h, "ref": r, "loss": float(x), "blank": int(b), "valid": int(v)}
                     for h, r, x, b, v in zip(hyps, texts, loss, blanks, valid)
-                ],
-                use_gather_object=True,
-            )
+                ]
+            gathered = accelerator.gather_for_metrics(items, use_gather_object=True)
             for item in gathered:
                 predictions.append(item["hyp"])
                 references.append(item["ref"])

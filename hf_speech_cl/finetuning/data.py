@@ -121,11 +121,13 @@ def class_label_names(dataset: SpeechDataset | SpeechIterableDataset, column: st
 
 def eval_batches(
     dataloader: Iterable[dict[str, Any] | None], max_batches: int | None = None
-) -> Iterator[dict[str, Any]]:
-    """The batches an evaluator scores: copies (safe to `pop` from) of the first `max_batches` (all when `None`),
-    skipping `None` (a batch whose every clip was unreadable, see `SpeechDataset`)."""
+) -> Iterator[dict[str, Any] | None]:
+    """The batches an evaluator scores: copies (safe to `pop` from) of the first `max_batches` (all when `None`).
+
+    A batch whose every clip was unreadable (see `SpeechDataset`) is yielded as `None`: the evaluator must still
+    enter its `gather_for_metrics` with no item, or the processes' all-gathers would pair up different batches.
+    """
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
-        if batch is not None:
-            yield dict(batch)
+        yield None if batch is None else dict(batch)

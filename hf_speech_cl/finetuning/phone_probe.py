@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -55,7 +56,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
-from ..data.audio import DEFAULT_SAMPLING_RATE, decode_audio, receptive_field_samples
+from ..data.audio import DEFAULT_SAMPLING_RATE, AudioDecodingError, decode_audio, receptive_field_samples
 from ..models.hubert_pretraining import HubertPseudoLabelerConfig
 from ..presets import encoder_preset
 from ..pseudo_labels.features import mfcc_features
@@ -224,10 +225,19 @@ def load_probe_utterances(
         dataset = dataset.take(max_utterances)
     dataset = dataset.select_columns([audio_column, alignment_column])
     dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
-    return [
-        ProbeUtterance(decode_audio(row[audio_column], sampling_rate)[0], list(row[alignment_column]))
-        for row in dataset
-    ]
+    utterances, skipped = [], 0
+    for row in dataset:
+        try:
+            waveform = decode_audio(row[audio_column], sampling_rate)[0]
+        except AudioDecodingError:
+            waveform = np.zeros(0, np.float32)
+        if not waveform.size or not np.isfinite(waveform).all():  # unreadable, empty or NaN: as the training data
+            skipped += 1
+            continue
+        utterances.append(ProbeUtterance(waveform, list(row[alignment_column])))
+    if skipped:
+        logger.warning("Phone probe: %d unreadable, empty or non-finite utterances left out", skipped)
+    return utterances
 
 
 @dataclass(frozen=True)
@@ -915,7 +925,7 @@ class PhoneProbe:
                     cache_dir=data_args.cache_dir,
                     **data_args.dataset_kwargs_dict,
                 )
-            except ValueError as error:  # a missing split: the message lists the splits
+            except Exception as error:  # a missing split (the message lists the splits), an unreachable Hub, ...
                 self._skip_reason = f"cannot load split `{split}` of `{data_args.dataset_name}` ({error})"
                 return None
             columns = list(dataset.column_names or (dataset.features or {}))
@@ -942,28 +952,36 @@ class PhoneProbe:
             try:
                 from threadpoolctl import threadpool_limits
 
-                # BLAS as wide as torch is allowed to be (1 thread under `accelerate launch` on a CPU)
-                stack.enter_context(threadpool_limits(limits=max(1, torch.get_num_threads())))
+                # every core this process may use: it runs on the main process while the others wait, after
+                # training (under `accelerate launch` on a CPU torch itself is limited to one thread)
+                stack.enter_context(threadpool_limits(limits=max(1, len(os.sched_getaffinity(0)))))
             except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
                 pass
-            report = run_phone_probe(
-                checkpoint,
-                splits[0],
-                splits[1],
-                layers=self.args.phone_probe_layers,
-                references=self.args.references,
-                sampling_rate=self.data_args.sampling_rate,
-                max_train_utterances=self.args.phone_probe_max_train_utterances,
-                max_train_frames=self.args.phone_probe_max_train_frames,
-                max_test_utterances=self.args.phone_probe_max_test_utterances or None,
-                max_iter=self.args.phone_probe_max_iter,
-                seed=self.seed,
-                audio_column=self.data_args.audio_column,
-                alignment_column=self.args.phone_probe_alignment_column,
-                device=self.device,
-                train_split=self.train_split,
-                test_split=self.args.phone_probe_test_split,
-                cache=self.cache,
-            )
+            try:
+                report = self._run(checkpoint, splits)
+            except Exception as error:  # a measurement after training: it must never cost the run its model card
+                logger.warning("Phone probe failed, skipped: %s: %s", type(error).__name__, error)
+                return PhoneProbeReport(skipped=f"the probe failed ({type(error).__name__}: {error})")
         logger.info("%s", report.summary())
         return report
+
+    def _run(self, checkpoint: str | Path | PreTrainedModel | None, splits: tuple[Any, Any]) -> PhoneProbeReport:
+        return run_phone_probe(
+            checkpoint,
+            splits[0],
+            splits[1],
+            layers=self.args.phone_probe_layers,
+            references=self.args.references,
+            sampling_rate=self.data_args.sampling_rate,
+            max_train_utterances=self.args.phone_probe_max_train_utterances,
+            max_train_frames=self.args.phone_probe_max_train_frames,
+            max_test_utterances=self.args.phone_probe_max_test_utterances or None,
+            max_iter=self.args.phone_probe_max_iter,
+            seed=self.seed,
+            audio_column=self.data_args.audio_column,
+            alignment_column=self.args.phone_probe_alignment_column,
+            device=self.device,
+            train_split=self.train_split,
+            test_split=self.args.phone_probe_test_split,
+            cache=self.cache,
+        )

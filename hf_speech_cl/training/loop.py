@@ -51,7 +51,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
 from tqdm.auto import tqdm
 
 from .arguments import PretrainingArguments
@@ -148,6 +154,10 @@ def make_accelerator(args: PretrainingArguments) -> Accelerator:
     accelerator = Accelerator(
         cpu=_multi_cpu(),
         kwargs_handlers=kwargs_handlers,
+        # every process reads a stream itself and keeps its share of our length-grouped batches (accelerate's default
+        # for iterable datasets, process 0 reading and dispatching slices of one concatenated batch, cannot join
+        # padded batches of different lengths; map-style datasets are sharded by sampler either way)
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with or None,
@@ -418,11 +428,19 @@ def train(
         "nonfinite_updates": 0,
         "skipped_batches": 0,
         "first_metrics": {},
+        "model_class": type(accelerator.unwrap_model(model)).__name__,
     }
     resumed_from = find_last_checkpoint(output_dir) if args.resume else None
     if resumed_from is not None:
+        saved = read_trainer_state(resumed_from)
+        if saved.get("model_class", state["model_class"]) != state["model_class"]:
+            raise ValueError(
+                f"{output_dir} holds checkpoints of a {saved['model_class']} run ({resumed_from.name}); this run "
+                f"trains a {state['model_class']}: pick another --output_dir, or pass --resume false to start over "
+                "(which deletes those checkpoints)"
+            )
         accelerator.load_state(str(resumed_from))
-        state.update(read_trainer_state(resumed_from))
+        state.update(saved)
         accelerator.print(
             f"Resuming from {resumed_from} at update {state['global_step']} "
             f"(epoch {state['epoch']}, batch {state['batches_in_epoch']})"

@@ -300,3 +300,28 @@ def test_cli_reports_a_cached_corpus(tiny_prosody, corpus_cache_dir, capsys):
     assert str(corpus_folder("synthetic-prosody", cache_dir=corpus_cache_dir, **params)) in out
     assert re.search(r"train +\d+\.\d+ h +24 utterances +3 speakers +6 sentences", out), out
     assert "disk size:" in out and "(cached: reused)" in out
+
+
+def test_named_configurations_resolve_to_their_parameters(tmp_path):
+    # `large` is what the label-efficiency benchmark pretrains on: a config that silently fell back to the defaults
+    # (or folders keyed by the config name instead of the parameters) would make it pretrain on the 2-h corpus
+    large = corpus_params("synthetic-librispeech", "large")
+    assert (large.train_hours, large.train_speakers) == (10.0, 200)
+    assert large.eval_hours == corpus_params("synthetic-librispeech").eval_hours  # test set unchanged
+    assert corpus_params("synthetic-librispeech", "large", train_hours=12.0).train_hours == 12.0  # kwargs win
+    tiny = corpus_folder("synthetic-librispeech", cache_dir=tmp_path, config="tiny")
+    assert tiny == corpus_folder("synthetic-librispeech", cache_dir=tmp_path, **TINY_PARAMS["synthetic-librispeech"])
+    assert tiny != corpus_folder("synthetic-librispeech", cache_dir=tmp_path, config="large")
+    with pytest.raises(ValueError, match="unknown configuration 'huge'.*large"):
+        corpus_params("synthetic-librispeech", "huge")
+
+
+def test_dataset_config_reaches_the_offline_corpus(tmp_path):
+    from hf_speech_cl.data import load_speech_dataset
+
+    by_config = load_speech_dataset("synthetic-prosody", config="tiny", split="test", cache_dir=tmp_path)
+    by_kwargs = load_speech_dataset(
+        "synthetic-prosody", split="test", cache_dir=tmp_path, **TINY_PARAMS["synthetic-prosody"]
+    )
+    assert by_config["id"] == by_kwargs["id"]
+    assert len(list(tmp_path.glob("synthetic-prosody-*"))) == 1  # one build, found twice

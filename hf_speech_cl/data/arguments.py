@@ -38,7 +38,12 @@ class DataArguments:
         },
     )
     dataset_config: str | None = field(
-        default=None, metadata={"help": "Configuration of a Hub dataset (e.g. `clean` for openslr/librispeech_asr)."}
+        default=None,
+        metadata={
+            "help": "Configuration of a Hub dataset (e.g. `clean` for openslr/librispeech_asr), or the named size "
+            "of an offline corpus: `default`, `tiny`, and `large` for synthetic-librispeech (10 h of train audio from "
+            "200 speakers, about 6 minutes to build on 2 cores; `--dataset_kwargs` still overrides its fields)."
+        },
     )
     dataset_kwargs: str | None = field(
         default=None,

@@ -61,7 +61,8 @@ def load_speech_dataset(
     Args:
         name: an offline corpus name, a local folder (`save_to_disk` output, Hub-layout data shards or audio
             files), or a Hub dataset id.
-        config: the Hub dataset's configuration (e.g. `clean`); ignored by the other kinds.
+        config: the Hub dataset's configuration (e.g. `clean`), or an offline corpus' named size
+            (`hf_speech_cl.data.synthetic.CORPUS_CONFIGS`, e.g. `large`); ignored by local folders.
         split: the split to return (e.g. `train`, `validation`, `train.100`).
         streaming: return a `datasets.IterableDataset` that reads as it goes (Hub and audiofolder: without
             downloading everything first; offline corpora and `save_to_disk` folders: `to_iterable_dataset()`).
@@ -83,7 +84,7 @@ def load_speech_dataset(
     if is_offline_corpus(name):
         from .synthetic import load_corpus
 
-        dataset = _pick_split(load_corpus(name, cache_dir=cache_dir, **corpus_kwargs), split, name)
+        dataset = _pick_split(load_corpus(name, cache_dir=cache_dir, config=config, **corpus_kwargs), split, name)
         if streaming:
             dataset = dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64)))
     elif os.path.isdir(name) and _is_save_to_disk_folder(name):

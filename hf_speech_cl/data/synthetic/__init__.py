@@ -5,7 +5,8 @@ parameter set, and cached with `save_to_disk` under `default_cache_dir()`:
 
 - `synthetic-librispeech`: LibriSpeech's layout (`file`, `audio`, `text`, `speaker_id`, `chapter_id`, `id`) plus
   `duration`, `engine`, `voice` and `phone_alignment` (ARPAbet without stress + `sil`, one inventory for all
-  engines, see `phones`). Default: 2 h of training audio, 0.25 h each of validation and test.
+  engines, see `phones`). Default: 2 h of training audio, 0.25 h each of validation and test; configuration `large`
+  (`load_corpus(..., config="large")`, `--dataset_config large`): 10 h of training audio from 200 speakers.
 - `synthetic-speech-commands`: Speech Commands v0.01 / SUPERB KS layout: 1 s clips, 12 labels.
 - `synthetic-prosody`: four classes named neutral/happy/sad/angry realised ONLY through speaking rate, pitch,
   pitch range and loudness — a prosody stand-in for emotion labels, not emotional speech.
@@ -26,6 +27,7 @@ fields of `LibriSpeechParams`, `SpeechCommandsParams` and `ProsodyParams`.
 from .corpora import (
     BUILDER_VERSION,
     CORPORA,
+    CORPUS_CONFIGS,
     KEYWORDS,
     PROSODY_LABELS,
     PROSODY_STYLES,
@@ -54,6 +56,7 @@ __all__ = [
     "PROSODY_STYLES",
     "SPEECH_COMMANDS_LABELS",
     "TINY_PARAMS",
+    "CORPUS_CONFIGS",
     "EngineNotFoundError",
     "LibriSpeechParams",
     "ProsodyParams",

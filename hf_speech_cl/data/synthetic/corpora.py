@@ -60,6 +60,7 @@ __all__ = [
     "PROSODY_STYLES",
     "SPEECH_COMMANDS_LABELS",
     "TINY_PARAMS",
+    "CORPUS_CONFIGS",
     "LibriSpeechParams",
     "ProsodyParams",
     "ProsodyStyle",
@@ -284,6 +285,20 @@ TINY_PARAMS: dict[str, dict] = {
     "synthetic-librispeech": {"train_hours": 0.025, "eval_hours": 0.005, "train_speakers": 4, "eval_speakers": 2},
     "synthetic-speech-commands": {"train_speakers": 3, "eval_speakers": 2, "repeats": 1, "unknown_per_speaker": 2},
     "synthetic-prosody": {"train_speakers": 3, "eval_speakers": 2, "sentences_per_speaker": 2},
+}
+
+# Named configurations (`load_corpus(name, config=...)`, `--dataset_config`): size parameters over the defaults.
+# `large` is the pretraining corpus of the label-efficiency benchmark: 5x the default's training audio from 5x its
+# speakers, so that pretraining sees more unlabeled audio than any labeled subset (the 10-minute and 1-hour subsets
+# are drawn from its train split); validation/test keep the default's size, speakers and sentences stay unseen.
+CORPUS_CONFIGS: dict[str, dict[str, dict]] = {
+    "synthetic-librispeech": {
+        "default": {},
+        "tiny": TINY_PARAMS["synthetic-librispeech"],
+        "large": {"train_hours": 10.0, "train_speakers": 200},
+    },
+    "synthetic-speech-commands": {"default": {}, "tiny": TINY_PARAMS["synthetic-speech-commands"]},
+    "synthetic-prosody": {"default": {}, "tiny": TINY_PARAMS["synthetic-prosody"]},
 }
 
 _DESCRIPTIONS = {
@@ -598,14 +613,24 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HF_SPEECH_CL_CACHE") or Path.home() / ".cache" / "hf_speech_cl").expanduser()
 
 
-def corpus_params(name: str, **size_params):
+def corpus_params(name: str, config: str | None = None, **size_params):
     """The validated parameter dataclass of corpus `name` (`LibriSpeechParams`, ...).
 
+    Args:
+        name: one of `CORPORA`.
+        config: a named configuration of `CORPUS_CONFIGS[name]` (`default`, `tiny`, and `large` for
+            `synthetic-librispeech`); `None` is `default`. `size_params` override its values.
+        **size_params: fields of the corpus' parameter dataclass.
+
     Raises:
-        ValueError: unknown corpus name or parameter, or an invalid value.
+        ValueError: unknown corpus name, configuration or parameter, or an invalid value.
     """
     if name not in _SPECS:
         raise ValueError(f"unknown corpus {name!r}; expected one of {CORPORA}")
+    configs = CORPUS_CONFIGS[name]
+    if config is not None and config not in configs:
+        raise ValueError(f"{name}: unknown configuration {config!r}; expected one of {sorted(configs)}")
+    size_params = {**configs[config or "default"], **size_params}
     cls = _SPECS[name].params
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(size_params) - allowed)
@@ -723,6 +748,7 @@ def build_corpus(
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     num_workers: int | None = None,
+    config: str | None = None,
     **size_params,
 ) -> Path:
     """Build corpus `name` unless a complete build with the same parameters exists; return its folder.
@@ -734,6 +760,8 @@ def build_corpus(
             the same corpus.
         num_workers: processes that synthesize; defaults to the cores this process may use. Does not change the
             result.
+        config: a named configuration of `CORPUS_CONFIGS[name]` (e.g. `large`: 10 h of train audio from 200
+            speakers); `size_params` override it. The folder depends only on the resulting parameters.
         **size_params: fields of the corpus' parameter dataclass (`LibriSpeechParams`, `SpeechCommandsParams`,
             `ProsodyParams`), e.g. `train_hours=0.02, eval_hours=0.005` for a tiny LibriSpeech.
 
@@ -746,7 +774,7 @@ def build_corpus(
         EngineNotFoundError (a `RuntimeError`): a text-to-speech engine or voice is missing; the message names
             the Debian package to install.
     """
-    params = corpus_params(name, **size_params)
+    params = corpus_params(name, config, **size_params)
     num_workers = _cpu_count() if num_workers is None else int(num_workers)
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -843,9 +871,11 @@ def load_corpus(
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     num_workers: int | None = None,
+    config: str | None = None,
     **size_params,
 ) -> datasets.DatasetDict:
     """Load corpus `name` (building it first if needed) as a `DatasetDict` with splits `train`, `validation`,
-    `test`; arguments as in `build_corpus`. The audio column decodes to 16 kHz (`sampling_rate`) mono."""
-    folder = build_corpus(name, cache_dir=cache_dir, seed=seed, num_workers=num_workers, **size_params)
+    `test`; arguments as in `build_corpus` (`config`: a named size of `CORPUS_CONFIGS`, e.g. `large`). The audio
+    column decodes to 16 kHz (`sampling_rate`) mono."""
+    folder = build_corpus(name, cache_dir=cache_dir, seed=seed, num_workers=num_workers, config=config, **size_params)
     return datasets.load_from_disk(str(folder))

@@ -51,7 +51,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `benchmarks.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import hardware_info, load_recipe, load_results, write_results  # noqa: E402
+from benchmarks.common import hardware_info, load_results, write_results  # noqa: E402
 
 logger = logging.getLogger("benchmarks.kmeans")
 
@@ -128,8 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @contextlib.contextmanager
 def threads(count: int | None, backend: str) -> Iterator[None]:
     """`count` CPU threads for torch, BLAS and the k-means backend's OpenMP (None: the libraries' defaults), via
-    the HuBERT recipe's own `limit_threads`."""
-    with load_recipe("pretrain_hubert").limit_threads(count, backend):
+    the HuBERT iterator's own `limit_threads`."""
+    from hf_speech_cl.hubert_iteration import limit_threads
+
+    with limit_threads(count, backend):
         yield
 
 

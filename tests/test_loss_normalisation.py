@@ -13,19 +13,14 @@ its frames).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
+from hf_speech_cl.hubert_iteration import hubert_loss_normalizer
 from hf_speech_cl.models.hubert_pretraining import HubertForPreTraining, HubertPretrainingConfig
 from hf_speech_cl.training import PretrainingArguments, make_accelerator, train
 from hf_speech_cl.wav2vec2_pretraining import wav2vec2_loss_normalizer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_pretrain_hubert_recipe import load_recipe as load_hubert_recipe  # noqa: E402
 
 NUM_SAMPLES = 8000
 NO_DROPOUT = dict(
@@ -129,7 +124,7 @@ def test_wav2vec2_accumulated_gradient_equals_one_batch(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def hubert_normalizer():
-    return load_hubert_recipe().hubert_loss_normalizer
+    return hubert_loss_normalizer
 
 
 def test_hubert_accumulated_gradient_equals_one_batch(tmp_path, monkeypatch, hubert_normalizer):

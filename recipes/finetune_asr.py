@@ -23,6 +23,12 @@ still about 1.0 (a tiny model on CPU learns characters before words). Without pr
 output blank. Validation and test scores cover every utterance of the split (`--max_eval_duration_s` to limit), and
 the report says how many were scored (`*_num_utterances`).
 
+Converged runs (label-efficiency comparisons): the validation CER of every evaluation is tracked
+(`--metric_for_best_model cer` by default; the best weights in `best_model/`); `--early_stopping_patience N` stops
+after N evaluations without improvement (`--max_steps` the cap) and `--load_best_model_at_end` saves and tests the
+best model. `train_results.json`, `all_results.json` and the card give the update training ended at, the best
+update and the update of the model that was tested.
+
 Local data: a copy of a Hub dataset (e.g. `openslr/librispeech_asr`'s Parquet shards under `data/`) loads with
 `--dataset_name FOLDER --train_split train --eval_split validation --test_split test`, with or without
 `--streaming`; a dataset without speakers takes `--train_minutes N --speaker_column none`.
@@ -67,9 +73,9 @@ from hf_speech_cl.finetuning import (
     load_feature_extractor,
     load_pretrained_for_task,
     normalize_transcript,
+    parameter_summary,
     prepare_for_finetuning,
     report_vocabulary_coverage,
-    trainable_parameter_names,
 )
 from hf_speech_cl.finetuning.data import build_finetuning_datasets, column_values, loader_kwargs
 from hf_speech_cl.presets import ENCODER_PRESETS
@@ -193,7 +199,11 @@ class ASRArguments:
         metadata={"help": "Streaming only: transcripts read from the start of the stream to build the vocabulary."},
     )
     test_split: str | None = field(
-        default="test", metadata={"help": "Split scored after training; `none` skips it. Default: test."}
+        default="test",
+        metadata={
+            "help": "Split scored after training, with the final model or with --load_best_model_at_end the best "
+            "one; `none` skips it. Default: test."
+        },
     )
     eval_batch_size: int | None = field(
         default=None, metadata={"help": "Clips per evaluation batch. Default: --per_device_train_batch_size."}
@@ -229,6 +239,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logging_steps=20,
         save_steps=200,
         eval_steps=200,
+        # the best validation CER is tracked (best_model/, train_results.json); --load_best_model_at_end tests it
+        # and --early_stopping_patience N stops when it stops improving
+        metric_for_best_model="cer",
     )
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -294,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         freeze_feature_encoder=model_args.freeze_feature_encoder,
         freeze_transformer_updates=freeze_updates,
     )
-    logger.info("Trainable parameters: %s", trainable_parameter_names(model))
+    logger.info("Parameters: %s", parameter_summary(model))
     count_ctc_infeasible(model, getattr(splits["train"], "lengths", []), transcripts["train"], tokenizer)
 
     audio_collator = AudioCollator(feature_extractor)
@@ -389,7 +402,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     summary = {f"{split}_{k}": v for split, values in metrics.items() for k, v in values.items()}
     accelerator.print(
-        f"done: {result.global_step} updates in {result.wall_time_s:.0f} s; "
+        f"done: {result.global_step} updates in {result.wall_time_s:.0f} s"
+        + (" (stopped early)" if result.stopped_early else "")
+        + f", model of update {result.model_step}; "
         + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.endswith(("wer", "cer", "blank_fraction")))
         + f"; model in {out}"
     )

@@ -18,6 +18,10 @@ cores. Measured with the defaults (400 updates, test split): keyword spotting 0.
 the tiny SimCLR checkpoint, 0.45 from HuBERT (majority class 0.26: the tiny model learns speech vs silence and few
 words in 400 CPU updates); prosody 0.28 from scratch, 0.50 from the SimCLR checkpoint, 0.41 from HuBERT (chance 0.25).
 
+The validation accuracy of every evaluation is tracked (`--metric_for_best_model accuracy` by default; the best
+weights in `best_model/`); `--early_stopping_patience N` stops after N evaluations without improvement and
+`--load_best_model_at_end` saves and tests the best model; the reports name the update of the tested model.
+
 Examples:
     accelerate launch recipes/finetune_audio_classification.py --model_name_or_path outputs/hubert-tiny
     accelerate launch recipes/finetune_audio_classification.py --task emotion_recognition \\
@@ -54,8 +58,8 @@ from hf_speech_cl.finetuning import (
     finalize_finetuning,
     load_feature_extractor,
     load_pretrained_for_task,
+    parameter_summary,
     prepare_for_finetuning,
-    trainable_parameter_names,
 )
 from hf_speech_cl.finetuning.data import build_finetuning_datasets, class_label_names, column_values, loader_kwargs
 from hf_speech_cl.presets import ENCODER_PRESETS
@@ -149,7 +153,11 @@ class ClassificationArguments:
         default=0.0, metadata={"help": "Probability of skipping each Transformer layer in training. Default: 0.0."}
     )
     test_split: str | None = field(
-        default="test", metadata={"help": "Split scored after training; `none` skips it. Default: test."}
+        default="test",
+        metadata={
+            "help": "Split scored after training, with the final model or with --load_best_model_at_end the best "
+            "one; `none` skips it. Default: test."
+        },
     )
     eval_batch_size: int | None = field(
         default=None, metadata={"help": "Clips per evaluation batch. Default: --per_device_train_batch_size."}
@@ -169,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         save_steps=200,
         eval_steps=200,
         min_duration_s=0.0,
+        # the best validation accuracy is tracked (best_model/, train_results.json); --load_best_model_at_end tests
+        # it and --early_stopping_patience N stops when it stops improving
+        metric_for_best_model="accuracy",
     )
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -223,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         freeze_feature_encoder=model_args.freeze_feature_encoder,
         freeze_transformer_updates=model_args.freeze_transformer_updates,
     )
-    logger.info("Labels: %s; trainable parameters: %s", id2label, trainable_parameter_names(model))
+    logger.info("Labels: %s", id2label)
+    logger.info("Parameters: %s", parameter_summary(model))
 
     # Labels outside the label set: an error in training, counted and left out of evaluation.
     mappers = {name: LabelMapper(dict(model.config.label2id), stored_names[name]) for name in values}
@@ -335,7 +347,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     summary = {f"{split}_{k}": v for split, values in metrics.items() for k, v in values.items()}
     accelerator.print(
-        f"done: {result.global_step} updates in {result.wall_time_s:.0f} s; "
+        f"done: {result.global_step} updates in {result.wall_time_s:.0f} s"
+        + (" (stopped early)" if result.stopped_early else "")
+        + f", model of update {result.model_step}; "
         + ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.endswith(("accuracy", "macro_f1")))
         + f"; model in {out}"
     )

@@ -180,7 +180,9 @@ def test_offline_names_route_to_load_corpus(tmp_path, monkeypatch):
     for name in synthetic.CORPORA:
         assert data.is_offline_corpus(name)
         assert len(load_speech_dataset(name, split="train", cache_dir="/cache", seed=3, num_utterances=9)) == 2
-        assert calls[-1] == (name, "/cache", {"seed": 3, "num_utterances": 9})
+        assert calls[-1] == (name, "/cache", {"config": None, "seed": 3, "num_utterances": 9})
+        load_speech_dataset(name, config="tiny", split="train", cache_dir="/cache")  # --dataset_config: a named size
+        assert calls[-1] == (name, "/cache", {"config": "tiny"})
     assert not data.is_offline_corpus("openslr/librispeech_asr")
     with pytest.raises(ValueError, match="available splits"):
         load_speech_dataset(synthetic.CORPORA[0], split="validation")

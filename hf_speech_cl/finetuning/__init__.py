@@ -7,7 +7,7 @@ Shared by `recipes/finetune_asr.py` and `recipes/finetune_audio_classification.p
 - `vocab`: character vocabularies and the `Wav2Vec2CTCTokenizer` built from training transcripts.
 - `ctc`: CTC batches, greedy decoding, WER/CER across processes, the frozen-Transformer phase.
 - `classification`: label sets, accuracy/macro-F1 across processes, confusion matrices.
-- `probe`: what trains in the probe mode.
+- `probe`: what trains in the probe mode; `parameter_summary`, the one log line of what trains, by module.
 - `phone_probe`: the linear frame-level phone probe of frozen layers (with MFCC and random-encoder references) that
   every pretraining recipe reports (`PhoneProbe`, `run_phone_probe`).
 - `cards`: `finalize_finetuning` (save, model card, Hub).
@@ -55,7 +55,14 @@ from .phone_probe import (
     load_probe_encoder,
     run_phone_probe,
 )
-from .probe import keep_encoder_in_eval, prepare_for_finetuning, trainable_parameter_names
+from .probe import (
+    format_count,
+    keep_encoder_in_eval,
+    parameter_groups,
+    parameter_summary,
+    prepare_for_finetuning,
+    trainable_parameter_names,
+)
 from .vocab import (
     DEFAULT_CHARS_TO_REMOVE,
     PAD_TOKEN,
@@ -104,6 +111,7 @@ __all__ = [
     "ctc_per_utterance_loss",
     "encoder_min_input_samples",
     "finalize_finetuning",
+    "format_count",
     "format_metric",
     "greedy_ctc_decode",
     "keep_encoder_in_eval",
@@ -115,6 +123,8 @@ __all__ = [
     "load_probe_encoder",
     "make_ctc_tokenizer",
     "normalize_transcript",
+    "parameter_groups",
+    "parameter_summary",
     "prepare_for_finetuning",
     "report_vocabulary_coverage",
     "resolve_encoder_checkpoint",

@@ -37,6 +37,31 @@ def _results_table(metrics: dict[str, dict[str, float]], names: Sequence[str]) -
     return splits, rows
 
 
+def _best_model_report(result: Any) -> dict[str, Any]:
+    """`all_results.json`'s view of the best model / early stopping (`TrainResult` fields; `model_step` is the
+    update whose weights were saved and tested)."""
+    keys = ("model_step", "stopped_early", "metric_for_best_model", "best_metric", "best_step")
+    return {key: getattr(result, key) for key in keys if hasattr(result, key)}
+
+
+def _best_model_rows(result: Any, args: Any) -> dict[str, str]:
+    """The card's rows on which update's model was saved and tested, and on early stopping."""
+    step, last = getattr(result, "model_step", None) or result.global_step, result.global_step
+    metric, best = getattr(result, "metric_for_best_model", None), getattr(result, "best_metric", None)
+    which = "the best" if step != last else "the last, also the best" if result.best_step == last else "the last"
+    rows = {"model saved and scored": f"update {step} of {last} ({which})"}
+    if metric is not None and best is not None:
+        rows["best validation"] = f"{metric} {format_metric(float(best))} at update {result.best_step}"
+    patience = getattr(args, "early_stopping_patience", None)
+    if patience is not None:
+        rows["early stopping"] = (
+            f"patience {patience} evaluations every {args.eval_steps} updates (threshold "
+            f"{args.early_stopping_threshold:g}): "
+            + (f"stopped at update {last}" if getattr(result, "stopped_early", False) else f"ran to {last} updates")
+        )
+    return rows
+
+
 def finalize_finetuning(
     *,
     accelerator: Any,
@@ -74,7 +99,10 @@ def finalize_finetuning(
 
     Args:
         accelerator, model, result, args: the run's `Accelerator`, the (prepared) model, the `TrainResult` and the
-            `PretrainingArguments` (`output_dir`, `push_to_hub`, `hub_model_id`, ...).
+            `PretrainingArguments` (`output_dir`, `push_to_hub`, `hub_model_id`, ...). The card and
+            `all_results.json` say which update's weights the model holds (`result.model_step`: the best one with
+            `--load_best_model_at_end`), the best validation metric and its update, and whether training stopped
+            early.
         savables: saved next to the model (the `Wav2Vec2Processor`, or the feature extractor).
         data_args: the run's `DataArguments`: the card names its dataset, training split, note and labeled subset
             (`train_minutes`, drawn with `args.seed`) from them. `train_minutes` / `num_train_utterances`: the
@@ -101,6 +129,7 @@ def finalize_finetuning(
         save_pretrained_atomic(output_dir, accelerator.unwrap_model(model), *savables)
         all_results = {
             "global_step": result.global_step,
+            **_best_model_report(result),
             "wall_time_s": result.wall_time_s,
             "train_loss": result.last_metrics.get("loss"),
             **{f"{split}_{name}": value for split, values in metrics.items() for name, value in values.items()},
@@ -122,6 +151,7 @@ def finalize_finetuning(
             "gradient clipping": args.max_grad_norm,
             "mixed precision": accelerator.mixed_precision,
             "seed": args.seed,
+            **_best_model_rows(result, args),
             **hyperparameters,
         }
         card_data = {

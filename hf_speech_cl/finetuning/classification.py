@@ -250,6 +250,7 @@ class ClassificationEvaluator:
         self.references: list[int] = []
         self.predictions: list[int] = []
         self.metrics: dict[str, float] = {}
+        self._warned_empty = False  # warned once per evaluator, not at every evaluation
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -276,7 +277,9 @@ class ClassificationEvaluator:
                 losses.append(value)
         model.train(was_training)
         if not predictions:
-            logger.warning("%s: the evaluation data yielded no utterance", self.prefix)
+            if not self._warned_empty:
+                self._warned_empty = True
+                logger.warning("%s: the evaluation data yielded no utterance (not warned again)", self.prefix)
             return {}
         scores = classification_metrics(predictions, references, len(self.id2label))
         self.references, self.predictions = references, predictions

@@ -235,7 +235,8 @@ class CTCEvaluator:
 
     Calling it returns `{prefix}_wer`, `_cer`, `_loss` (mean per-character CTC loss, `ctc_per_utterance_loss`),
     `_blank_fraction`, `_blank_frame_fraction`, `_num_utterances`; it warns when `_blank_fraction` reaches
-    `BLANK_WARNING_THRESHOLD`. The last examples are kept in `self.examples`, the last metrics in `self.metrics`.
+    `BLANK_WARNING_THRESHOLD` (once per evaluator: later evaluations give the fraction in their summary line). The
+    last examples are kept in `self.examples`, the last metrics in `self.metrics`.
     """
 
     def __init__(
@@ -258,6 +259,7 @@ class CTCEvaluator:
         self.max_batches = max_batches
         self.examples: list[dict[str, str]] = []
         self.metrics: dict[str, float] = {}
+        self._warned: set[str] = set()  # warnings given once per evaluator, not at every evaluation
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -296,7 +298,9 @@ class CTCEvaluator:
                 blank_utterances.append(int(item["blank"] == item["valid"]))
         model.train(was_training)
         if not predictions:
-            logger.warning("%s: the evaluation data yielded no utterance", self.prefix)
+            if "empty" not in self._warned:
+                self._warned.add("empty")
+                logger.warning("%s: the evaluation data yielded no utterance (not warned again)", self.prefix)
             return {}
         scores = asr_metrics(predictions, references)
         metrics = {
@@ -329,12 +333,14 @@ class CTCEvaluator:
                 with open(self.predictions_file, "w") as f:
                     for r, p in zip(references, predictions):
                         f.write(json.dumps({"reference": r, "prediction": p}) + "\n")
-        if metrics[f"{self.prefix}_blank_fraction"] >= BLANK_WARNING_THRESHOLD:
+        if metrics[f"{self.prefix}_blank_fraction"] >= BLANK_WARNING_THRESHOLD and "blank" not in self._warned:
+            self._warned.add("blank")
             logger.warning(
                 "%s: %.0f %% of the transcriptions are empty (every frame predicts the CTC blank), so WER is ~1.0. "
                 "Early in fine-tuning this is normal (CTC first learns to emit blanks); if it persists: train longer, "
                 "raise --learning_rate or --warmup_steps, shorten --freeze_transformer_updates, check that the "
-                "transcripts match the audio (transformers #12956, fairseq #2685).",
+                "transcripts match the audio (transformers #12956, fairseq #2685). Not warned again: later "
+                "evaluations give the blank fraction in their summary line.",
                 self.prefix,
                 100 * metrics[f"{self.prefix}_blank_fraction"],
             )

@@ -6,6 +6,8 @@ trains a small task network ("downstream") on the mixture. `load_pretrained_for_
 `*ForSequenceClassification` with `use_weighted_layer_sum=True` and `freeze_base_model()` (weighted sum → linear
 projection → mean pooling → linear, the SUPERB KS/ER downstream up to its hidden size).
 
+`parameter_summary` is the one log line of what trains: parameter counts by module, trainable and frozen.
+
 `keep_encoder_in_eval` is the step callback that keeps a frozen base model in eval mode (no dropout, layer drop or
 SpecAugment in the upstream, as a frozen SUPERB upstream runs) although the training loop puts the whole model in
 training mode; `CTCProbeForCTC` does it itself.
@@ -19,12 +21,71 @@ from torch import nn
 
 from .ctc import TransformerFreezer
 
-__all__ = ["keep_encoder_in_eval", "prepare_for_finetuning", "trainable_parameter_names"]
+__all__ = [
+    "format_count",
+    "keep_encoder_in_eval",
+    "parameter_groups",
+    "parameter_summary",
+    "prepare_for_finetuning",
+    "trainable_parameter_names",
+]
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters that require gradients (what an optimizer built now would update)."""
     return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def parameter_groups(model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
+    """Parameter counts (elements) by module, as `(trainable, frozen)` dicts `{dotted module name: count}`.
+
+    The groups are the coarsest modules that are wholly trainable or wholly frozen: a top-level module (`lm_head`,
+    `wav2vec2`) is one group unless it holds both kinds, in which case its children are grouped the same way
+    (`wav2vec2.feature_extractor` frozen, `wav2vec2.encoder` trainable), down to single parameters
+    (`wav2vec2.masked_spec_embed`). Groups are in the order of `model.named_parameters()`; a parameter shared by two
+    names counts once.
+    """
+    params = [(name.split("."), param) for name, param in model.named_parameters()]
+    trainable: dict[str, int] = {}
+    frozen: dict[str, int] = {}
+
+    def split(prefix: list[str], members: list[tuple[list[str], nn.Parameter]]) -> None:
+        kinds = {param.requires_grad for _, param in members}
+        if len(kinds) == 1 and prefix:
+            (trainable if kinds.pop() else frozen)[".".join(prefix)] = sum(p.numel() for _, p in members)
+            return
+        children: dict[str, list[tuple[list[str], nn.Parameter]]] = {}
+        for parts, param in members:
+            children.setdefault(parts[len(prefix)], []).append((parts, param))
+        for child, child_members in children.items():
+            split([*prefix, child], child_members)
+
+    split([], params)
+    return trainable, frozen
+
+
+def format_count(count: int) -> str:
+    """A parameter count for people: `812`, `8.2 k`, `4.9 M`, `1.3 B` (two significant digits from 1 000 on)."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{count / scale:.2g} {unit}" if count < 10 * scale else f"{count / scale:.0f} {unit}"
+    return str(count)
+
+
+def parameter_summary(model: nn.Module) -> str:
+    """One line of what trains, by module (`parameter_groups`), e.g. `"4.9 M of 5.5 M parameters trainable:
+    lm_head 8.2 k, wav2vec2.encoder 4.9 M; frozen: wav2vec2.feature_extractor 0.6 M"`, for the recipes' log
+    instead of every parameter name."""
+    trainable, frozen = parameter_groups(model)
+
+    def listed(groups: dict[str, int]) -> str:
+        return ", ".join(f"{name} {format_count(count)}" for name, count in groups.items()) or "none"
+
+    total = sum(trainable.values()) + sum(frozen.values())
+    return (
+        f"{format_count(sum(trainable.values()))} of {format_count(total)} parameters trainable: {listed(trainable)}; "
+        f"frozen: {listed(frozen)}"
+    )
 
 
 def keep_encoder_in_eval(model: nn.Module, update: int) -> None:

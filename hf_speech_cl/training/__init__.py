@@ -10,6 +10,7 @@ from .export import (
     write_model_card,
 )
 from .loop import (
+    BEST_MODEL_DIR,
     NonFiniteLossError,
     TrainResult,
     evaluate,
@@ -23,6 +24,7 @@ from .loop import (
 from .tracking import JSONLinesTracker, read_metrics
 
 __all__ = [
+    "BEST_MODEL_DIR",
     "JSONLinesTracker",
     "NonFiniteLossError",
     "PretrainingArguments",

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["PretrainingArguments"]
 
+#: Metric-name endings for which lower is better (`greater_is_better` inferred False): losses and error rates.
+_LOWER_IS_BETTER = ("loss", "cer", "wer")
+
 
 @dataclass
 class PretrainingArguments:
@@ -82,6 +85,54 @@ class PretrainingArguments:
     eval_steps: int | None = field(
         default=None, metadata={"help": "Evaluate on the eval split every this many updates (default: at the end)."}
     )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation metric that picks the best model, with or without the `eval_` prefix as in "
+            "transformers' `TrainingArguments` (`loss` = `eval_loss` of the eval data, `cer`/`wer` of the ASR "
+            "evaluator, `accuracy`/`macro_f1` of the classifier's). After every evaluation (every --eval_steps and "
+            "at the end) the best value and its update are tracked and the best weights saved to "
+            "`output_dir/best_model/` (config + weights, `from_pretrained`-loadable); best metric and update are "
+            "reported in train_results.json. Default: none (`loss` when --load_best_model_at_end, as transformers)."
+        },
+    )
+    greater_is_better: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether a higher --metric_for_best_model is better. Default (None): inferred from the name, "
+            "False for names ending in loss, cer or wer (error rates), True otherwise (accuracy, f1); transformers "
+            "infers False only for `loss`."
+        },
+    )
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={
+            "help": "At the end, load the weights of the best evaluation (from `output_dir/best_model/`) into the "
+            "model: the recipes then save, test and upload that model, and their report names its update "
+            "(transformers' `TrainingArguments.load_best_model_at_end`). Checkpoints keep the last weights, so a "
+            "resumed run continues where it stopped. Needs --eval_steps. Default: off (the final model)."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training after this many consecutive evaluations without an improvement of "
+            "--metric_for_best_model by more than --early_stopping_threshold (transformers' "
+            "`EarlyStoppingCallback(early_stopping_patience)`: the count restarts at every such improvement). "
+            "--max_steps stays the cap. Needs --metric_for_best_model and --eval_steps. The count is part of the "
+            "checkpoint, so a resumed run stops at the same update; a run that stopped stays stopped when rerun "
+            "(`--resume false` starts over). Default: none (no early stopping)."
+        },
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={
+            "help": "How much --metric_for_best_model must improve on the best value so far (absolute, in the "
+            "metric's units) to restart the patience count (transformers' `EarlyStoppingCallback("
+            "early_stopping_threshold)`). A smaller improvement still makes a new best model but counts as an "
+            "evaluation without improvement. Default: 0.0 (any improvement)."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for weights, data order, cropping and augmentation."})
     resume: bool = field(
         default=True,
@@ -148,6 +199,56 @@ class PretrainingArguments:
             raise ValueError("--push_to_hub needs --hub_model_id NAME (e.g. user/my-model)")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be one of no, fp16, bf16; got {self.mixed_precision!r}")
+        self._check_best_model_arguments()
+
+    def _check_best_model_arguments(self) -> None:
+        """Validate (and complete, as transformers' `TrainingArguments.__post_init__` does) the best-model and
+        early-stopping fields: `metric_for_best_model` defaults to `loss` with `load_best_model_at_end`, and
+        `greater_is_better` is inferred from the metric's name."""
+        if self.metric_for_best_model is not None and self.metric_for_best_model.removeprefix("eval_") == "":
+            raise ValueError(f"metric_for_best_model must name a metric, got {self.metric_for_best_model!r}")
+        if self.load_best_model_at_end and self.metric_for_best_model is None:
+            self.metric_for_best_model = "loss"  # transformers' default
+        if self.metric_for_best_model is None:
+            if self.greater_is_better is not None:
+                raise ValueError("greater_is_better has no effect without metric_for_best_model: pass both")
+            if self.early_stopping_patience is not None:
+                raise ValueError(
+                    f"early_stopping_patience={self.early_stopping_patience} needs metric_for_best_model (the "
+                    "evaluation metric to watch, e.g. --metric_for_best_model cer)"
+                )
+        elif self.greater_is_better is None:
+            self.greater_is_better = not self.metric_for_best_model.endswith(_LOWER_IS_BETTER)
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ValueError(
+                    f"early_stopping_patience must be >= 1 evaluation, got {self.early_stopping_patience}"
+                )
+            if not self.eval_steps:
+                raise ValueError(
+                    f"early_stopping_patience={self.early_stopping_patience} needs eval_steps (evaluations during "
+                    f"training); got eval_steps={self.eval_steps}, so the only evaluation is the final one"
+                )
+        if self.early_stopping_threshold < 0:
+            raise ValueError(f"early_stopping_threshold must be >= 0, got {self.early_stopping_threshold}")
+        if self.early_stopping_threshold and self.early_stopping_patience is None:
+            raise ValueError(
+                f"early_stopping_threshold={self.early_stopping_threshold} is only used by early stopping: pass "
+                "early_stopping_patience too"
+            )
+        if self.load_best_model_at_end and not self.eval_steps:
+            raise ValueError(
+                f"load_best_model_at_end needs eval_steps (evaluations during training); got eval_steps="
+                f"{self.eval_steps}, so the only evaluation is the final one and the best model is the final model"
+            )
+
+    @property
+    def metric_key(self) -> str | None:
+        """`metric_for_best_model` as the evaluation returns it: with the `eval_` prefix (`cer` → `eval_cer`)."""
+        if self.metric_for_best_model is None:
+            return None
+        name = self.metric_for_best_model
+        return name if name.startswith("eval_") else f"eval_{name}"
 
     @property
     def num_warmup_steps(self) -> int:

@@ -118,7 +118,16 @@ def push_folder_to_hub(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message=commit_message,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", "logs/**", RUN_MARKER],
+        ignore_patterns=[
+            "checkpoint-*",
+            "checkpoint-*/**",
+            ".tmp-*",
+            ".tmp-*/**",
+            "logs/**",
+            "best_model",
+            "best_model/**",
+            RUN_MARKER,
+        ],
     )
     url = getattr(info, "commit_url", str(info))
     logger.info("Uploaded %s to %s", folder, url)

@@ -31,13 +31,29 @@ same score twice and evaluating does not change the training stream.
 Robustness: a batch that is `None` on any process (no readable clip) is skipped by every process together (one
 flag all-reduced per micro-batch when there are several processes), counted in `skipped_batches` and logged; an
 update whose loss or gradient is not finite is skipped and the model's buffers (BatchNorm running statistics,
-`num_batches_tracked`) are restored to what they were before that update's forward passes.
+`num_batches_tracked`) are restored to what they were before that update's forward passes. Both are warned about
+once, counted (`skipped_batches`, `nonfinite_updates` in the logged rows and `train_results.json`) and summed up in
+one line at the end.
+
+Best model and early stopping (`--metric_for_best_model`, `--early_stopping_patience`, `--load_best_model_at_end`,
+with transformers' `Trainer._determine_best_metric` / `EarlyStoppingCallback` semantics): after every evaluation
+(every `eval_steps` and the final one) the metric is compared with the best so far; a strictly better value is the
+new best and its weights are written to `output_dir/best_model/` (`save_pretrained` of the unwrapped model into a
+temporary folder, renamed when complete; main process, the others wait). An evaluation that does not beat the best
+by more than `early_stopping_threshold` counts as one without improvement; after `early_stopping_patience` of them
+in a row every process stops at the same update (the decision is taken from process 0's metric, broadcast). A
+separate folder rather than a protected `checkpoint-{k}`: evaluations need not fall on save steps, a checkpoint
+carries the optimizer state (about 3x the weights) and rotation stays simple, and `best_model/` loads with
+`from_pretrained`. The best value, its update, the count and whether training stopped are in `trainer_state.json`
+of every checkpoint, so a run resumed after a kill reaches the same best update and stops at the same update (the
+evaluation that wrote a newer `best_model/` before the kill is repeated and rewrites it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -55,6 +71,7 @@ from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
     ProjectConfiguration,
+    broadcast,
     gather_object,
     set_seed,
 )
@@ -76,6 +93,8 @@ from .schedules import make_scheduler
 from .tracking import JSONLinesTracker, truncate_metrics
 
 __all__ = [
+    "BEST_MODEL_DIR",
+    "BEST_MODEL_STATE_NAME",
     "NonFiniteLossError",
     "TrainResult",
     "evaluate",
@@ -88,6 +107,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Folder of `output_dir` holding the best evaluation's weights (`--metric_for_best_model`).
+BEST_MODEL_DIR = "best_model"
+#: Written last into `BEST_MODEL_DIR`: `{"step", "metric", "value"}` of the weights there (marks it complete).
+BEST_MODEL_STATE_NAME = "best_model_state.json"
 
 BatchTransform = Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
 StepCallback = Callable[[torch.nn.Module, int], None]
@@ -104,7 +128,8 @@ class TrainResult:
     """What a finished `train` call reports (also written to `output_dir/train_results.json`).
 
     Attributes:
-        global_step: updates done in total (including those before a resume).
+        global_step: updates done in total (including those before a resume): the update training ended at,
+            `max_steps` unless it stopped early.
         first_metrics / last_metrics: the first and last logged averages (`loss`, components, `lr`, ...).
         eval_metrics: averages over the eval data at the end (empty without eval data).
         wall_time_s: seconds this call ran (not counting earlier runs before a resume).
@@ -113,6 +138,15 @@ class TrainResult:
         nonfinite_updates: updates skipped because the loss or gradient was NaN/inf.
         skipped_batches: micro-batches every process skipped because one process had no readable clip.
         resumed_from: the checkpoint this call continued from, if any.
+        metric_for_best_model: the evaluation metric watched (`eval_` prefixed), or None.
+        best_metric / best_step: its best value over all evaluations and the update of that evaluation (None
+            without `metric_for_best_model` or evaluation data).
+        evaluations_without_improvement: consecutive evaluations, up to the last, that did not improve the best by
+            more than `early_stopping_threshold`.
+        stopped_early: training ended before `max_steps` because of `early_stopping_patience`; `global_step` is
+            then the update it stopped at.
+        model_step: the update whose weights the returned (and so saved and tested) model holds: `best_step` with
+            `load_best_model_at_end`, else `global_step`.
         data_report: clips the data pipeline left out, by cause, with the names of the first few
             (`hf_speech_cl.data.DataStats.merge` over processes), for `"train"` and `"eval"`; decode-time skips
             count once per epoch in which they were met (this call's epochs only).
@@ -128,6 +162,12 @@ class TrainResult:
     nonfinite_updates: int = 0
     skipped_batches: int = 0
     resumed_from: str | None = None
+    metric_for_best_model: str | None = None
+    best_metric: float | None = None
+    best_step: int | None = None
+    evaluations_without_improvement: int = 0
+    stopped_early: bool = False
+    model_step: int = 0
     data_report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -384,17 +424,36 @@ def train(
             to have finished reduction in the prior iteration"). Recipes pass `config.layerdrop > 0`. Default:
             `args.ddp_find_unused_parameters`. Only matters with several processes.
 
+    Best model and early stopping: see the module docstring. With `args.metric_for_best_model`, every evaluation
+    logs one line (its value, the best so far and its update, evaluations without improvement), and stopping one
+    more. With `args.load_best_model_at_end`, the best weights are loaded into the model after the final evaluation
+    and the evaluation is repeated on them (`TrainResult.eval_metrics` and `eval_fn`'s state then describe the
+    returned model; it is not logged again).
+
     Returns:
-        A `TrainResult`. The trained model is `accelerator.unwrap_model(model)` (the object passed in).
+        A `TrainResult`. The trained model is `accelerator.unwrap_model(model)` (the object passed in), holding the
+        weights of update `TrainResult.model_step`.
 
     Raises:
         NonFiniteLossError: after `args.max_consecutive_nonfinite` consecutive NaN/inf updates.
-        ValueError: if the training data yields no batch at all.
+        ValueError: if the training data yields no batch at all; if an evaluation returns metrics without
+            `args.metric_for_best_model` (the message lists those it returned); if early stopping or
+            `load_best_model_at_end` is asked for without `eval_dataloader` or `eval_fn`.
     """
     output_dir = Path(args.output_dir)
+    metric_key = args.metric_key
+    if metric_key is not None and eval_dataloader is None and eval_fn is None:
+        if args.early_stopping_patience is not None or args.load_best_model_at_end:
+            raise ValueError(
+                f"metric_for_best_model={args.metric_for_best_model!r} with early_stopping_patience / "
+                "load_best_model_at_end needs evaluation data (an eval split), and this run has none"
+            )
+        logger.info("No evaluation data: metric_for_best_model %s is not tracked", args.metric_for_best_model)
+        metric_key = None
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete_checkpoints(output_dir)
+        _recover_best_model_dir(output_dir)
         if not args.resume:
             for old in list_checkpoints(output_dir):
                 shutil.rmtree(old)
@@ -429,6 +488,12 @@ def train(
         "skipped_batches": 0,
         "first_metrics": {},
         "model_class": type(accelerator.unwrap_model(model)).__name__,
+        # best model / early stopping (`_track_best`); last_eval_step: the update of the last tracked evaluation
+        "best_metric": None,
+        "best_step": None,
+        "evaluations_without_improvement": 0,
+        "stopped_early": False,
+        "last_eval_step": None,
     }
     resumed_from = find_last_checkpoint(output_dir) if args.resume else None
     if resumed_from is not None:
@@ -447,6 +512,7 @@ def train(
         )
 
     if accelerator.is_main_process:
+        _check_best_model_dir(output_dir, state, resumed_from)
         # one history: rows a killed run logged after the checkpoint we continue from are dropped
         dropped = truncate_metrics(output_dir / "logs", state["global_step"])
         if dropped:
@@ -480,9 +546,71 @@ def train(
     update_count = torch.zeros((), device=accelerator.device)  # loss_normalizer counts of this update, this process
     buffers_before: dict[str, torch.Tensor] = {}
     max_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
-    model.train()
+    run_skipped_batches = run_nonfinite_updates = 0  # this call's, for the warnings (once) and the summary
 
-    while state["global_step"] < args.max_steps:
+    def run_evaluation() -> dict[str, float]:
+        """Loss averages over `eval_dataloader` and `eval_fn`'s metrics; the model back in training mode."""
+        metrics: dict[str, float] = {}
+        if eval_dataloader is not None:
+            metrics.update(
+                evaluate(
+                    model,
+                    eval_dataloader,
+                    accelerator,
+                    batch_transform=batch_transform,
+                    metrics_fn=metrics_fn,
+                    seed=args.seed,
+                )
+            )
+        if eval_fn is not None:
+            metrics.update(eval_fn(model))
+        model.train()
+        return metrics
+
+    def track(metrics: dict[str, float], step: int, final: bool = False) -> bool:
+        """Best model / early stopping after the evaluation of update `step` (`final`: the one after training,
+        which stops nothing); True: stop training."""
+        if metric_key is None or not metrics:  # no metric watched, or the evaluation saw no data (warned there)
+            return False
+        if metric_key not in metrics:
+            raise ValueError(
+                f"metric_for_best_model is {args.metric_for_best_model!r}, but the evaluation returned no "
+                f"{metric_key!r}; it returned: {', '.join(sorted(metrics))}. Pass one of those as "
+                "--metric_for_best_model."
+            )
+        value = float(metrics[metric_key])
+        if accelerator.num_processes > 1:  # one decision for all: process 0's value
+            value = float(broadcast(torch.tensor([value], dtype=torch.float64, device=accelerator.device))[0])
+        improved, stop = _track_best(state, value, step, args)
+        stop = stop and not final
+        state["last_eval_step"] = step
+        if improved:
+            _save_best_model(accelerator, output_dir, model, step, metric_key, value)
+        if accelerator.is_main_process:
+            logger.info("%s", _describe_evaluation(state, metric_key, value, step, improved, args))
+            if stop:
+                logger.info(
+                    "Early stopping at update %d of %d: %s did not improve by more than %g in %d consecutive "
+                    "evaluations (best %.6g at update %d)",
+                    step,
+                    args.max_steps,
+                    metric_key,
+                    args.early_stopping_threshold,
+                    state["evaluations_without_improvement"],
+                    state["best_metric"],
+                    state["best_step"],
+                )
+        return stop
+
+    model.train()
+    last_eval: tuple[int, dict[str, float]] | None = None  # (update, metrics) of this call's last evaluation
+    if state["stopped_early"]:
+        accelerator.print(
+            f"Training stopped early at update {state['global_step']} ({metric_key} best at update "
+            f"{state['best_step']}); nothing left to train (--resume false starts over)"
+        )
+
+    while state["global_step"] < args.max_steps and not state["stopped_early"]:
         if hasattr(train_dataloader, "set_epoch"):
             train_dataloader.set_epoch(state["epoch"])
         loader = train_dataloader
@@ -497,8 +625,10 @@ def train(
                 # every process skips together: one process alone entering forward/backward would wait forever in
                 # DDP's all-reduce (or SimCLR's all-gather)
                 state["skipped_batches"] += 1
-                logger.warning(
-                    "update %d: a batch without any readable clip on %s; every process skips it (%d skipped so far)",
+                run_skipped_batches += 1
+                (logger.warning if run_skipped_batches == 1 else logger.debug)(
+                    "update %d: a batch without any readable clip on %s; every process skips it (%d skipped so "
+                    "far; further skips are counted in skipped_batches, not warned about)",
                     step,
                     "this process" if batch is None else "another process",
                     state["skipped_batches"],
@@ -552,9 +682,11 @@ def train(
                                 if name in buffers_before:
                                     buffer.copy_(buffers_before[name])
                         state["nonfinite_updates"] += 1
+                        run_nonfinite_updates += 1
                         consecutive_nonfinite += 1
-                        logger.warning(
-                            "update %d: loss %s / gradient norm %s is not finite; update skipped",
+                        (logger.warning if run_nonfinite_updates == 1 else logger.debug)(
+                            "update %d: loss %s / gradient norm %s is not finite; update skipped (further ones are "
+                            "counted in nonfinite_updates, not warned about)",
                             step,
                             float(loss.detach()),
                             grad_norm,
@@ -586,6 +718,7 @@ def train(
                 metrics["audio_hours_seen"] = state["audio_seconds"] / 3600
                 metrics["epoch"] = state["epoch"]
                 metrics["skipped_batches"] = state["skipped_batches"]
+                metrics["nonfinite_updates"] = state["nonfinite_updates"]
                 if not state["first_metrics"]:
                     state["first_metrics"] = metrics
                 result.last_metrics = metrics
@@ -597,28 +730,16 @@ def train(
                 interval_start = time.perf_counter()
 
             if args.eval_steps and step % args.eval_steps == 0 and step < args.max_steps:
-                eval_metrics = {}
-                if eval_dataloader is not None:
-                    eval_metrics.update(
-                        evaluate(
-                            model,
-                            eval_dataloader,
-                            accelerator,
-                            batch_transform=batch_transform,
-                            metrics_fn=metrics_fn,
-                            seed=args.seed,
-                        )
-                    )
-                if eval_fn is not None:
-                    eval_metrics.update(eval_fn(model))
-                    model.train()
+                eval_metrics = run_evaluation()
                 if eval_metrics:
                     accelerator.log(eval_metrics, step=step)
+                last_eval = (step, eval_metrics)
+                state["stopped_early"] = track(eval_metrics, step)
 
-            if step % args.save_steps == 0 or step == args.max_steps:
+            if step % args.save_steps == 0 or step == args.max_steps or state["stopped_early"]:
                 _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
 
-            if step >= args.max_steps:
+            if step >= args.max_steps or state["stopped_early"]:
                 break
         else:
             if not yielded:
@@ -639,21 +760,44 @@ def train(
     result.wall_time_s = time.perf_counter() - run_start
     total_run_audio = float(accelerator.reduce(torch.tensor(run_audio, device=accelerator.device), "sum"))
     result.audio_seconds_per_second = total_run_audio / max(result.wall_time_s, 1e-9)
-    if eval_dataloader is not None:
-        result.eval_metrics.update(
-            evaluate(
-                model,
-                eval_dataloader,
-                accelerator,
-                batch_transform=batch_transform,
-                metrics_fn=metrics_fn,
-                seed=args.seed,
-            )
+    if last_eval is not None and last_eval[0] == state["global_step"]:
+        result.eval_metrics.update(last_eval[1])  # stopped right after an evaluation: the same weights
+    elif eval_dataloader is not None or eval_fn is not None:
+        result.eval_metrics.update(run_evaluation())
+        # not logged nor counted again when rerunning a run that stopped right after evaluating this update
+        if state["last_eval_step"] != state["global_step"]:
+            if result.eval_metrics:
+                accelerator.log(result.eval_metrics, step=result.global_step)
+            track(result.eval_metrics, state["global_step"], final=True)
+    result.model_step = state["global_step"]
+    if args.load_best_model_at_end and metric_key is not None and state["best_step"] is not None:
+        if state["best_step"] != state["global_step"] and _load_best_model(accelerator, output_dir, model, state):
+            result.model_step = state["best_step"]
+            result.eval_metrics = run_evaluation()  # the returned model's scores (and eval_fn's examples)
+            if accelerator.is_main_process:
+                logger.info(
+                    "Loaded the best model (update %d, %s %.6g) instead of the last (update %d); re-evaluated: %s %s",
+                    state["best_step"],
+                    metric_key,
+                    state["best_metric"],
+                    state["global_step"],
+                    metric_key,
+                    result.eval_metrics.get(metric_key),
+                )
+    result.metric_for_best_model = metric_key
+    result.best_metric = state["best_metric"]
+    result.best_step = state["best_step"]
+    result.evaluations_without_improvement = state["evaluations_without_improvement"]
+    result.stopped_early = bool(state["stopped_early"])
+    if (run_skipped_batches or run_nonfinite_updates) and accelerator.is_main_process:
+        logger.warning(
+            "This run skipped %d batches without a readable clip and %d updates with a non-finite loss or gradient "
+            "(%d and %d in total)",
+            run_skipped_batches,
+            run_nonfinite_updates,
+            state["skipped_batches"],
+            state["nonfinite_updates"],
         )
-    if eval_fn is not None:
-        result.eval_metrics.update(eval_fn(model))
-    if result.eval_metrics:
-        accelerator.log(result.eval_metrics, step=result.global_step)
     result.data_report = data_report(accelerator, {"train": train_dataloader, "eval": eval_dataloader})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -696,6 +840,180 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str
         os.replace(tmp, final)
         prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
+
+
+def _track_best(state: dict[str, Any], value: float, step: int, args: PretrainingArguments) -> tuple[bool, bool]:
+    """Update `state`'s best metric and count of evaluations without improvement with the evaluation of `step`.
+
+    As transformers: the best is replaced by a strictly better value (`Trainer._determine_best_metric`; NaN never
+    is), and the count restarts only when the value beats the previous best by more than
+    `args.early_stopping_threshold` (`EarlyStoppingCallback.check_metric_value`; the first evaluation always does).
+
+    Returns:
+        `(improved, stop)`: a new best; the count reached `args.early_stopping_patience`.
+    """
+    best = state["best_metric"]
+    if math.isnan(value):
+        improved = False
+    elif best is None:
+        improved = True
+    else:
+        improved = value > best if args.greater_is_better else value < best
+    if improved and (best is None or abs(value - best) > args.early_stopping_threshold):
+        state["evaluations_without_improvement"] = 0
+    else:
+        state["evaluations_without_improvement"] += 1
+    if improved:
+        state["best_metric"], state["best_step"] = value, step
+    patience = args.early_stopping_patience
+    return improved, patience is not None and state["evaluations_without_improvement"] >= patience
+
+
+def _describe_evaluation(
+    state: dict[str, Any], key: str, value: float, step: int, improved: bool, args: PretrainingArguments
+) -> str:
+    """The one log line of an evaluation: its value, the best so far, the evaluations without improvement."""
+    count = state["evaluations_without_improvement"]
+    patience = f" of {args.early_stopping_patience}" if args.early_stopping_patience is not None else ""
+    if improved and count == 0:
+        verdict = f"new best (saved to {BEST_MODEL_DIR}/)"
+    elif improved:
+        verdict = (
+            f"new best (saved to {BEST_MODEL_DIR}/) but not by more than early_stopping_threshold "
+            f"{args.early_stopping_threshold:g}: {count}{patience} evaluations without improvement"
+        )
+    else:
+        verdict = (
+            f"best {state['best_metric']:.6g} at update {state['best_step']}; {count}{patience} evaluations without "
+            "improvement"
+            if state["best_step"] is not None
+            else f"no best yet; {count}{patience} evaluations without improvement"
+        )
+    return f"update {step}: {key} {value:.6g}, {verdict}"
+
+
+def _save_best_model(
+    accelerator: Accelerator, output_dir: Path, model: torch.nn.Module, step: int, key: str, value: float
+) -> None:
+    """Write the weights of update `step` to `output_dir/BEST_MODEL_DIR` (all processes call it; main writes).
+
+    `save_pretrained` of the unwrapped model (a plain module: its state dict as `model.safetensors`) into
+    `.tmp-best_model`, `BEST_MODEL_STATE_NAME` last, then the old folder is moved aside and the new one renamed
+    into place: a kill at any point leaves a complete folder that `_recover_best_model_dir` puts back.
+    """
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final, tmp, old = _best_model_paths(output_dir)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        unwrapped = accelerator.unwrap_model(model)
+        if hasattr(unwrapped, "save_pretrained"):
+            unwrapped.save_pretrained(tmp)
+        else:
+            from safetensors.torch import save_model
+
+            save_model(unwrapped, str(tmp / "model.safetensors"))
+        atomic_write_text(tmp / BEST_MODEL_STATE_NAME, json.dumps({"step": step, "metric": key, "value": value}))
+        apply_default_modes(tmp)  # safetensors writes 0o600 (safetensors/safetensors#782)
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _best_model_paths(output_dir: Path) -> tuple[Path, Path, Path]:
+    """(`best_model/`, its temporary folder, the previous one while it is replaced)."""
+    return output_dir / BEST_MODEL_DIR, output_dir / f".tmp-{BEST_MODEL_DIR}", output_dir / f".old-{BEST_MODEL_DIR}"
+
+
+def _read_best_model_state(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / BEST_MODEL_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _recover_best_model_dir(output_dir: Path) -> None:
+    """After a kill inside `_save_best_model`: put the newest complete best model back in place, drop the rest."""
+    final, tmp, old = _best_model_paths(output_dir)
+    if not final.exists():
+        for candidate in (tmp, old):  # tmp is complete only once its state file is written
+            if candidate.is_dir() and _read_best_model_state(candidate) is not None:
+                os.replace(candidate, final)
+                break
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _check_best_model_dir(output_dir: Path, state: dict[str, Any], resumed_from: Path | None) -> None:
+    """Main process, at the start: a fresh run drops an earlier run's `best_model/`; a resumed one says when the
+    folder holds another update than the checkpoint's best (a kill after a later improvement: that evaluation is
+    repeated and rewrites it)."""
+    final = output_dir / BEST_MODEL_DIR
+    if not final.exists():
+        if resumed_from is not None and state["best_step"] is not None:
+            logger.warning(
+                "%s/ is missing but %s's best is update %s: a later evaluation must improve on it, or "
+                "load_best_model_at_end keeps the last model",
+                BEST_MODEL_DIR,
+                resumed_from.name,
+                state["best_step"],
+            )
+        return
+    if resumed_from is None:
+        shutil.rmtree(final)  # an earlier run's (or the weights of a run killed before its first checkpoint)
+        return
+    saved = _read_best_model_state(final) or {}
+    if saved.get("step") != state["best_step"]:
+        logger.info(
+            "%s/ holds update %s, written after %s (best: update %s); it is rewritten if the repeated evaluation "
+            "improves again",
+            BEST_MODEL_DIR,
+            saved.get("step"),
+            resumed_from.name,
+            state["best_step"],
+        )
+
+
+def _load_best_model(accelerator: Accelerator, output_dir: Path, model: torch.nn.Module, state: dict) -> bool:
+    """Load `best_model/`'s weights into the unwrapped model on every process; False (and a warning) when the folder
+    does not hold update `state["best_step"]`.
+
+    Raises:
+        ValueError: the folder's weights do not fit the model (names missing or unknown).
+    """
+    from safetensors.torch import load_file
+
+    accelerator.wait_for_everyone()
+    folder = output_dir / BEST_MODEL_DIR
+    saved = _read_best_model_state(folder) or {}
+    if saved.get("step") != state["best_step"]:
+        logger.warning(
+            "Cannot load the best model: %s/ holds update %s, not the best update %s (a run resumed after a kill "
+            "scored that evaluation differently); the model of the last update (%d) is kept",
+            BEST_MODEL_DIR,
+            saved.get("step"),
+            state["best_step"],
+            state["global_step"],
+        )
+        return False
+    weights: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(path)))
+    unwrapped = accelerator.unwrap_model(model)
+    missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
+    # save_pretrained writes a tensor shared by two names (tied weights) once: the other name is missing but loaded
+    own = unwrapped.state_dict()
+    loaded = {tensor.data_ptr() for name, tensor in own.items() if name in weights}
+    missing = [name for name in missing if own[name].data_ptr() not in loaded]
+    if missing or unexpected:
+        raise ValueError(f"{folder} does not fit the model: missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+    return True
 
 
 def _flat_config(config: dict[str, Any]) -> dict[str, Any]:

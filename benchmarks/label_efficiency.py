@@ -39,11 +39,18 @@ the README shows) and `.png` (test WER and CER against labeled minutes, one line
 Presets (`--preset`):
 
 - `smoke`: tiny corpora (`TINY_PARAMS`), a handful of updates; checks the orchestration end to end in minutes.
-- `cpu`: the `tiny` encoder on the default corpora; fits in 60 minutes on 2 CPU cores (budget below).
+- `tiny`: the `tiny` encoder on the default corpora, fixed budgets; 47 minutes on 2 CPU cores (budget below; it was
+  called `cpu` when measured, `benchmarks/results/label_efficiency_tiny.*`).
+- `cpu`: the compute-shaped `cpu` encoder (5.8 M parameters, `hf_speech_cl.presets`), pretraining on the 10-h
+  `large` configuration of `synthetic-librispeech` (600 updates of 8 x 4 s: 5.3 h of audio per objective), ASR
+  fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until validation CER stops
+  improving (3 evaluations of every 150 updates without a lower one, cap 1500; the best update's model scored), the
+  phone probe of every pretrained encoder and the PNMI of HuBERT's labels in the report. Planned for <= 2 h on 2
+  cores from per-update costs (`benchmarks/results/front_end_share.md`); not run yet.
 - `gpu`: the `small` encoder (5 M parameters), 10 h of synthetic speech, 10k pretraining updates of 32 x 4 s, 3000
   ASR updates, bf16, 3 seeds; needs CUDA. Not run on a GPU when written: a starting point, not a measured budget.
 
-Budget of `--preset cpu`, measured 2026-11-22 on the 2-core AMD EPYC machine (`benchmarks/results/
+Budget of `--preset tiny` (then `cpu`), measured 2026-11-22 on the 2-core AMD EPYC machine (`benchmarks/results/
 label_efficiency.json`): two sub-runs at a time (`jobs=2`), each a process with one torch thread; 47.4 min wall.
 
     sub-run (cpu preset sizes)                                   wall s each   count   sum s
@@ -68,7 +75,7 @@ character, which move first.
 Examples:
     python benchmarks/label_efficiency.py --preset cpu
     python benchmarks/label_efficiency.py --preset smoke --objectives none,wav2vec2 --tasks asr
-    python benchmarks/label_efficiency.py --preset cpu --report_only      # rebuild the report from finished runs
+    python benchmarks/label_efficiency.py --preset tiny --report_only     # rebuild the report from finished runs
     python benchmarks/label_efficiency.py --preset gpu                    # on a machine with a CUDA GPU
 """
 
@@ -156,6 +163,14 @@ class Preset:
         needs_cuda: refuse to run without a CUDA device.
         hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora).
         asr_flags: extra flags of every `recipes/finetune_asr.py` run.
+        corpus_configs: named size per offline corpus (`--dataset_config`, `CORPUS_CONFIGS`), e.g. `large`.
+        asr_eval_steps: with `early_stopping_patience`, validation CER every this many ASR updates.
+        asr_eval_samples: validation utterances scored at each of those evaluations (None: all).
+        early_stopping_patience: ASR fine-tunes stop after this many evaluations without a lower validation CER
+            and the best update's model is scored on the test split (`asr_updates` is then the cap). None: a fixed
+            budget of `asr_updates`, the last model scored.
+        single_seed_minutes: label amounts fine-tuned with the first seed only (the cost of a 1-hour fine-tune
+            buys a second seed at 10 minutes, where the spread matters most).
         jobs: sub-runs at a time, each in its own process with `cores // jobs` torch threads (`--jobs`). Two
             one-thread processes use 2 cores better than one two-thread process: small convolutions scale poorly
             over threads.
@@ -182,6 +197,11 @@ class Preset:
     needs_cuda: bool = False
     hubert_flags: tuple[str, ...] = ()
     asr_flags: tuple[str, ...] = ()
+    corpus_configs: dict[str, str] = field(default_factory=dict)
+    asr_eval_steps: int | None = None
+    asr_eval_samples: int | None = None
+    early_stopping_patience: int | None = None
+    single_seed_minutes: tuple[float, ...] = ()
     jobs: int = 1
 
 
@@ -203,6 +223,10 @@ PRESETS: dict[str, Preset] = {
         label_minutes=(0.5, 1.0),
         asr_updates=2,
         asr_batch_size=2,
+        asr_eval_steps=1,
+        asr_eval_samples=4,
+        early_stopping_patience=1,
+        single_seed_minutes=(1.0,),
         cls_updates=2,
         cls_batch_size=8,
         seeds=(0, 1),
@@ -210,7 +234,7 @@ PRESETS: dict[str, Preset] = {
         logging_steps=1,
         hubert_flags=("--num_clusters", "10,20", "--kmeans_sample_fraction", "1.0"),
     ),
-    "cpu": Preset(
+    "tiny": Preset(
         description="tiny encoder (<1 M parameters), default offline corpora (2 h of synthetic speech), 2 CPU cores",
         model_size="tiny",
         corpus_kwargs={},
@@ -224,6 +248,31 @@ PRESETS: dict[str, Preset] = {
         cls_updates=200,
         cls_batch_size=8,
         seeds=(0, 1),
+        jobs=2,
+    ),
+    "cpu": Preset(
+        description=(
+            "cpu encoder (5.8 M parameters, front end no costlier than its Transformer), pretraining on the 10-h "
+            "`large` synthetic-librispeech, fine-tuning to early stopping on validation CER, 2 CPU cores"
+        ),
+        model_size="cpu",
+        corpus_kwargs={},
+        corpus_configs={LIBRISPEECH: "large"},
+        pretrain_updates=600,
+        pretrain_batch_size=8,
+        pretrain_crop_s=4.0,
+        pretrain_eval_samples=64,
+        label_minutes=(10.0, 60.0),
+        asr_updates=1500,
+        asr_batch_size=8,
+        asr_eval_steps=150,
+        asr_eval_samples=100,
+        early_stopping_patience=3,
+        single_seed_minutes=(60.0,),
+        cls_updates=200,
+        cls_batch_size=8,
+        seeds=(0, 1),
+        logging_steps=25,
         jobs=2,
     ),
     "gpu": Preset(
@@ -287,7 +336,9 @@ class RunRecord:
 # --------------------------------------------------------------------------------------------------- the plan
 def _dataset_kwargs(preset: Preset, corpus: str) -> list[str]:
     kwargs = preset.corpus_kwargs.get(corpus)
-    return ["--dataset_kwargs", json.dumps(kwargs, sort_keys=True)] if kwargs else []
+    argv = ["--dataset_kwargs", json.dumps(kwargs, sort_keys=True)] if kwargs else []
+    config = preset.corpus_configs.get(corpus)
+    return [*argv, "--dataset_config", config] if config else argv
 
 
 def _common(preset: Preset, updates: int, seed: int, save_every: int) -> list[str]:
@@ -326,10 +377,22 @@ def finetuning_run(preset: Preset, objective: str, task: str, seed: int, minutes
     recipe, flags, corpus = TASKS[task]
     pretrained = OBJECTIVES[objective] is not None
     source = f"{{runs}}/pretrain-{objective}" if pretrained else "none"
+    # no model selection: the last update is scored on the test split
+    selection = ["--eval_split", "none"]
     if task == "asr":
         updates, batch = preset.asr_updates, preset.asr_batch_size
         name = f"asr-{objective}-{minutes:g}min-seed{seed}"
         flags = [*flags, *preset.asr_flags, "--train_minutes", f"{minutes:g}", "--num_examples", "3"]
+        if preset.early_stopping_patience:  # train until validation CER stops improving; score the best update
+            selection = [
+                "--eval_split", "validation",
+                "--eval_steps", str(preset.asr_eval_steps),
+                "--metric_for_best_model", "cer",
+                "--early_stopping_patience", str(preset.early_stopping_patience),
+                "--load_best_model_at_end",
+            ]  # fmt: skip
+            if preset.asr_eval_samples:
+                selection += ["--max_eval_samples", str(preset.asr_eval_samples)]
     else:
         updates, batch = preset.cls_updates, preset.cls_batch_size
         name = f"{task.replace('_', '-')}-{objective}-seed{seed}"
@@ -339,7 +402,7 @@ def finetuning_run(preset: Preset, objective: str, task: str, seed: int, minutes
         "--model_name_or_path", source,
         "--per_device_train_batch_size", str(batch),
         "--eval_batch_size", str(preset.eval_batch_size),
-        "--eval_split", "none",  # no model selection: the last update is scored on the test split
+        *selection,
         *_dataset_kwargs(preset, corpus),
     ]  # fmt: skip
     return SubRun(
@@ -361,7 +424,11 @@ def plan_runs(preset: Preset, objectives: list[str], tasks: list[str], seeds: li
         for objective in objectives:
             for seed in seeds:
                 if task == "asr":
-                    runs += [finetuning_run(preset, objective, task, seed, m) for m in preset.label_minutes]
+                    runs += [
+                        finetuning_run(preset, objective, task, seed, m)
+                        for m in preset.label_minutes
+                        if m not in preset.single_seed_minutes or seed == seeds[0]
+                    ]
                 else:
                     runs.append(finetuning_run(preset, objective, task, seed))
     return runs
@@ -380,7 +447,17 @@ def _pretraining_summary(out: Path) -> dict[str, Any]:
     results = [_read_json(p) for p in sorted(out.glob("iteration-*/model/train_results.json"))]
     if not results:
         results = [_read_json(out / "train_results.json")]
+    probe = _read_json(out / "phone_probe.json")
+    probe_accuracy = {r.get("name"): r.get("accuracy") for r in probe.get("results", [])}
+    label_quality = {}  # HuBERT: PNMI etc. of each iteration's labels on the held-out split (or train)
+    for folder in sorted(out.glob("iteration-*/metrics")):
+        per_split = {p.name: _read_json(p / "metrics.json") for p in sorted(folder.iterdir()) if p.is_dir()}
+        if per_split:
+            split = "validation" if "validation" in per_split else sorted(per_split)[0]
+            label_quality[folder.parent.name] = {"split": split, **per_split[split]}
     return {
+        "phone_probe": probe_accuracy | {"majority": probe.get("majority_accuracy")} if probe_accuracy else None,
+        "label_quality": label_quality or None,
         "updates": sum(r.get("global_step", 0) for r in results),
         "audio_hours": sum(r.get("audio_seconds", 0.0) for r in results) / 3600,
         "train_wall_time_s": sum(r.get("wall_time_s", 0.0) for r in results),
@@ -456,7 +533,7 @@ def _child_argv(args: argparse.Namespace, run: SubRun, threads: int) -> list[str
         "--torch_threads", str(threads),
         "--only", run.name,
     ]  # fmt: skip
-    return argv + (["--keep_checkpoints"] if args.keep_checkpoints else [])
+    return argv + (["--keep_checkpoints"] if args.keep_checkpoints else []) + (["--smoke"] if args.smoke else [])
 
 
 def run_parallel(runs: list[SubRun], runs_dir: Path, args: argparse.Namespace, start: float) -> list[RunRecord]:
@@ -530,7 +607,7 @@ def build_corpora(preset: Preset, tasks: list[str]) -> dict[str, float]:
     seconds = {}
     for corpus in dict.fromkeys([LIBRISPEECH, *(TASKS[t][2] for t in tasks)]):
         start = time.perf_counter()
-        load_corpus(corpus, **preset.corpus_kwargs.get(corpus, {}))
+        load_corpus(corpus, config=preset.corpus_configs.get(corpus), **preset.corpus_kwargs.get(corpus, {}))
         seconds[corpus] = round(time.perf_counter() - start, 2)
         logger.info("corpus %s ready in %.1f s", corpus, seconds[corpus])
     return seconds
@@ -580,15 +657,27 @@ def summarize(records: list[RunRecord], objectives: list[str], label_minutes: tu
         entry: dict[str, Any] = {"pretraining": None, "asr": {}, "keyword_spotting": None, "prosody": None}
         for r in mine:
             if r.kind == "pretrain":
-                entry["pretraining"] = {
-                    k: r.train.get(k) for k in ("updates", "audio_hours", "train_wall_time_s", "nonfinite_updates")
-                } | {"wall_time_s": r.wall_time_s}
+                keys = (
+                    "updates",
+                    "audio_hours",
+                    "train_wall_time_s",
+                    "nonfinite_updates",
+                    "phone_probe",
+                    "label_quality",
+                )
+                entry["pretraining"] = {k: r.train.get(k) for k in keys} | {"wall_time_s": r.wall_time_s}
         for minutes in label_minutes:
             runs = [r for r in mine if r.kind == "asr" and r.label_minutes == minutes]
             if runs:
                 entry["asr"][f"{minutes:g}"] = {
                     metric: _spread({r.seed: r.metrics.get(f"test_{metric}") for r in runs})
                     for metric in ("wer", "cer", "loss", "blank_fraction")
+                } | {
+                    # updates trained (early stopping: where it stopped) and the update whose model was scored
+                    "updates": _spread({r.seed: r.train.get("global_step") for r in runs}),
+                    "scored_update": _spread(
+                        {r.seed: r.train.get("model_step", r.train.get("global_step")) for r in runs}
+                    ),
                 }
         for task in ("keyword_spotting", "prosody"):
             runs = [r for r in mine if r.kind == task]
@@ -667,6 +756,26 @@ def markdown_report(payload: dict[str, Any]) -> str:
             asr = entry["asr"].get(m, {})
             cells += [_fmt(asr.get("loss"), digits=3), _fmt(asr.get("blank_fraction"), 100, 0)]
         loss_lines.append("| " + " | ".join(cells) + " |")
+    # what pretraining put into the encoder before any label: linear phone probe (best layer) and HuBERT label PNMI
+    diag_lines = [
+        "| objective | phone probe: checkpoint | random init (same config) | MFCC | label PNMI per iteration | "
+        "updates trained / scored (ASR, per label amount) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for objective, entry in summary["objectives"].items():
+        pre = entry["pretraining"] or {}
+        probe = pre.get("phone_probe") or {}
+        quality = pre.get("label_quality") or {}
+        pnmi = ", ".join(f"{k.split('-')[-1]}: {v.get('pnmi', float('nan')):.3f}" for k, v in quality.items())
+        updates = "; ".join(
+            f"{m} min: {_fmt(entry['asr'].get(m, {}).get('updates'), digits=0)} / "
+            f"{_fmt(entry['asr'].get(m, {}).get('scored_update'), digits=0)}"
+            for m in minutes
+        )
+        cells = [f"`{objective}`"] + [
+            f"{100 * probe[k]:.1f}" if probe.get(k) is not None else "–" for k in ("checkpoint", "random", "mfcc")
+        ]
+        diag_lines.append("| " + " | ".join([*cells, pnmi or "–", updates]) + " |")
     target = summary["target"]
     verdicts = []
     for metric in ("wer", "cer"):
@@ -696,6 +805,13 @@ def markdown_report(payload: dict[str, Any]) -> str:
             "",
             *loss_lines,
             "",
+            "Before any label: frame accuracy (%) of a linear phone probe of the pretrained encoder's best layer "
+            "(test split), of a random encoder of the same config and of MFCCs; PNMI of HuBERT's k-means labels "
+            "per iteration; and the ASR updates each fine-tune trained and the update whose model was scored "
+            "(mean over seeds):",
+            "",
+            *diag_lines,
+            "",
             f"Target (≥ {100 * TARGET_RELATIVE_REDUCTION:.0f}% lower relative test WER than no pretraining at "
             f"{target['label_minutes']:g} minutes of labels): " + ("; ".join(verdicts) or "not measured") + ".",
             "",
@@ -709,11 +825,19 @@ def markdown_report(payload: dict[str, Any]) -> str:
 
 def preset_line(payload: dict[str, Any]) -> str:
     p = payload["preset_settings"]
+    corpus = (p.get("corpus_configs") or {}).get(LIBRISPEECH)
+    asr = f"{p['asr_updates']} updates (ASR)"
+    if p.get("early_stopping_patience"):
+        asr = (
+            f"ASR until validation CER stopped improving ({p['early_stopping_patience']} evaluations of every "
+            f"{p['asr_eval_steps']} updates without a lower one; cap {p['asr_updates']}; the best update scored)"
+        )
     return (
         f"Encoder `{p['model_size']}`; every objective pretrained for {p['pretrain_updates']} updates of "
         f"{p['pretrain_batch_size']} clips cropped to {p['pretrain_crop_s']:g} s (HuBERT: "
-        f"{p['pretrain_updates'] // 2} per iteration, 2 iterations); fine-tuning {p['asr_updates']} updates (ASR), "
-        f"{p['cls_updates']} (probes)"
+        f"{p['pretrain_updates'] // 2} per iteration, 2 iterations)"
+        + (f" on `{LIBRISPEECH}` `{corpus}`" if corpus else "")
+        + f"; fine-tuning {asr}, {p['cls_updates']} updates (probes)"
     )
 
 
@@ -776,8 +900,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="cpu",
-        help="Sizes: smoke (tiny corpora, a few updates, minutes), cpu (tiny encoder, default corpora, <= 60 min on "
-        "2 cores), gpu (small encoder, 10 h corpus, bf16; needs CUDA). Default: cpu.",
+        help="Sizes: smoke (tiny corpora, a few updates, minutes), tiny (tiny encoder, default corpora, 47 min on 2 "
+        "cores, measured), cpu (cpu encoder, 10-h corpus for pretraining, early-stopped fine-tuning; planned for <= 2 "
+        "h on 2 cores), gpu (bf16; needs CUDA). Default: cpu.",
     )  # fmt: skip
     parser.add_argument(
         "--objectives", default=",".join(OBJECTIVES),
@@ -823,6 +948,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "says otherwise; a fine-tune waits for its pretraining. Default: the preset's (cpu 2, others 1: one process, "
         "sub-runs in turn).",
     )  # fmt: skip
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="Check a preset's orchestration on any machine: its structure (objectives, tasks, early stopping, seeds "
+        "per label amount) at the smoke preset's sizes (tiny corpora and encoder, a few updates, fp32, no CUDA "
+        "needed); results `<name>_smoke.*`, runs in `<runs_dir>/<preset>-smoke`. Numbers are meaningless.",
+    )  # fmt: skip
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a child of --jobs: run this sub-run only
     parser.add_argument(
         "--report_only", action="store_true",
@@ -843,6 +974,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown objective(s)/task(s): {unknown}")
     preset = PRESETS[args.preset]
+    if args.smoke:
+        preset = smoke_version(preset)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else preset.seeds
     minutes = tuple(float(m) for m in args.label_minutes.split(",")) if args.label_minutes else preset.label_minutes
     args.settings = dataclasses.replace(preset, seeds=seeds, label_minutes=minutes)  # what this invocation uses
@@ -856,8 +989,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args.results_name = args.results_name or (
         "label_efficiency" if args.preset == "cpu" else f"label_efficiency_{args.preset}"
-    )
+    ) + ("_smoke" if args.smoke and not args.results_name else "")
     return args
+
+
+def smoke_version(preset: Preset) -> Preset:
+    """`preset`'s structure at the `smoke` preset's sizes (what `--smoke` runs)."""
+    smoke = PRESETS["smoke"]
+    sizes = (
+        "model_size", "corpus_kwargs", "corpus_configs", "pretrain_updates", "pretrain_batch_size",
+        "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples",
+        "cls_updates", "cls_batch_size", "mixed_precision", "dataloader_num_workers", "eval_batch_size",
+        "logging_steps", "needs_cuda", "hubert_flags",
+    )  # fmt: skip
+    label_minutes = smoke.label_minutes[: len(preset.label_minutes)]
+    single = tuple(label_minutes[preset.label_minutes.index(m)] for m in preset.single_seed_minutes)
+    return dataclasses.replace(
+        preset,
+        **{name: getattr(smoke, name) for name in sizes},
+        label_minutes=label_minutes,
+        single_seed_minutes=single,
+        asr_eval_steps=smoke.asr_eval_steps if preset.early_stopping_patience else None,
+        description=f"smoke check of the {preset.description}",
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -866,7 +1020,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(name, "1")  # everything here is offline; never reach for the Hub
     preset: Preset = args.settings
-    runs_dir = (args.runs_dir / args.preset).resolve()
+    runs_dir = (args.runs_dir / (f"{args.preset}-smoke" if args.smoke else args.preset)).resolve()
     runs = plan_runs(preset, args.objectives, args.tasks, args.seeds)
     if args.dry_run:
         for run in runs:

@@ -26,7 +26,7 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
     bench = load_benchmark("label_efficiency")
     results = tmp_path / "results"
     argv = [
-        "--preset", "smoke",
+        "--preset", "cpu", "--smoke",  # the cpu preset's structure (early stopping, ...) at the smoke sizes
         "--objectives", "none,wav2vec2",
         "--tasks", "asr",
         "--label_minutes", "0.5",
@@ -39,7 +39,12 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
 
     assert {p.name for p in results.iterdir()} >= {f"label_efficiency_smoke.{ext}" for ext in ("json", "md", "png")}
     data = json.loads((results / "label_efficiency_smoke.json").read_text())
-    assert data["preset"] == "smoke" and data["seeds"] == [0, 1] and data["hardware"]["torch"]
+    assert (
+        data["preset"] == "cpu"
+        and data["preset_settings"]["model_size"] == "tiny"
+        and data["seeds"] == [0, 1]
+        and data["hardware"]["torch"]
+    )
     assert [r["name"] for r in data["runs"]] == [
         "pretrain-wav2vec2",
         "asr-none-0.5min-seed0",
@@ -54,20 +59,30 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
             spread = objectives[objective]["asr"]["0.5"][metric]
             assert set(spread["per_seed"]) == {"0", "1"} and spread["std"] is not None
             assert spread["min"] <= spread["mean"] <= spread["max"]
+        # early stopping on validation CER: the updates trained and the (best) update scored are reported per seed
+        asr = objectives[objective]["asr"]["0.5"]
+        assert set(asr["updates"]["per_seed"]) == {"0", "1"}
+        assert 1 <= asr["scored_update"]["min"] <= asr["updates"]["max"] <= bench.PRESETS["smoke"].asr_updates
+    for run in data["runs"]:
+        if run["kind"] == "asr":
+            assert (
+                "--early_stopping_patience" in run["argv"] and run["train"]["best_step"] == run["train"]["model_step"]
+            )
     target = data["summary"]["target"]
     assert target["label_minutes"] == 0.5 and target["wer"]["best_objective"] == "wav2vec2"
     assert isinstance(target["wer"]["met"], bool)
     markdown = (results / "label_efficiency_smoke.md").read_text()
     assert "| `none` |" in markdown and "| `wav2vec2` | 2 / " in markdown and "Target" in markdown
+    assert "linear phone probe" in markdown and "updates trained / scored" in markdown
 
     assert data["jobs"] == 2 and data["threads_per_job"] == 1
-    assert (tmp_path / "runs" / "smoke" / "asr-none-0.5min-seed0.log").is_file()  # each child's own log
+    assert (tmp_path / "runs" / "cpu-smoke" / "asr-none-0.5min-seed0.log").is_file()  # each child's own log
 
     # A rerun (in this process) finds every sub-run finished and trains nothing.
     again = bench.main(argv)
     assert [r["finished_at"] for r in again["runs"]] == [r["finished_at"] for r in payload["runs"]]
     # A finished sub-run made with other arguments is refused, not silently reused.
-    run = bench.finetuning_run(bench.PRESETS["smoke"], "none", "asr", 0, 0.5)
+    run = bench.finetuning_run(bench.smoke_version(bench.PRESETS["cpu"]), "none", "asr", 0, 0.5)
     run = dataclasses.replace(run, argv=[*run.argv, "--learning_rate", "1e-4"])
     with pytest.raises(ValueError, match="other arguments"):
-        bench.execute(run, tmp_path / "runs" / "smoke")
+        bench.execute(run, tmp_path / "runs" / "cpu-smoke")

@@ -51,6 +51,7 @@ evaluation that wrote a newer `best_model/` before the kill is repeated and rewr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -59,7 +60,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,7 +505,8 @@ def train(
                 f"trains a {state['model_class']}: pick another --output_dir, or pass --resume false to start over "
                 "(which deletes those checkpoints)"
             )
-        accelerator.load_state(str(resumed_from))
+        with _quiet_accelerate_checkpointing():
+            accelerator.load_state(str(resumed_from))
         state.update(saved)
         accelerator.print(
             f"Resuming from {resumed_from} at update {state['global_step']} "
@@ -830,7 +832,8 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _quiet_accelerate_checkpointing():  # six INFO lines per save otherwise; ours is the one line below
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(tmp / TRAINER_STATE_NAME, json.dumps(state, indent=2, default=float))
@@ -839,7 +842,20 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str
             shutil.rmtree(final)
         os.replace(tmp, final)
         prune_checkpoints(output_dir, keep)
+        logger.info("saved %s", final)
     accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _quiet_accelerate_checkpointing() -> Iterator[None]:
+    """accelerate logs every file of `save_state`/`load_state` at INFO: keep its warnings, drop that list."""
+    quiet = logging.getLogger("accelerate.checkpointing")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def _track_best(state: dict[str, Any], value: float, step: int, args: PretrainingArguments) -> tuple[bool, bool]:

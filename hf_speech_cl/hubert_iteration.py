@@ -84,7 +84,7 @@ from .continued_pretraining import (
     load_hubert_for_continued_pretraining,
     matching_preset,
 )
-from .data import DataArguments, build_pretraining_dataloaders, load_speech_dataset
+from .data import DataArguments, build_pretraining_dataloaders, load_split
 from .finetuning import PhoneProbe, PhoneProbeArguments
 from .models.hubert_pretraining import HubertForPreTraining, HubertPretrainingConfig
 from .presets import ENCODER_PRESETS, encoder_preset
@@ -374,15 +374,7 @@ def load_label_splits(data_args: DataArguments, state: PartialState) -> dict[str
         if split is None:
             continue
         with state.main_process_first():  # an offline corpus is built once
-            dataset = load_speech_dataset(
-                data_args.dataset_name,
-                config=data_args.dataset_config,
-                split=split,
-                sampling_rate=data_args.sampling_rate,
-                audio_column=data_args.audio_column,
-                cache_dir=data_args.cache_dir,
-                **data_args.dataset_kwargs_dict,
-            )
+            dataset = load_split(data_args, split, streaming=False)  # k-means and labels need the whole split
         splits[split] = dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
     return splits
 

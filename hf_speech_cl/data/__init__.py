@@ -27,7 +27,7 @@ from .audio import (
     resample,
 )
 from .collators import AudioCollator, DataCollatorForWav2Vec2Pretraining, num_masked_frames
-from .loading import is_offline_corpus, load_speech_dataset
+from .loading import is_offline_corpus, load_speech_dataset, load_split
 from .pipeline import build_pretraining_dataloaders, build_speech_datasets
 from .sampling import LengthGroupedIterable, SeededLengthGroupedSampler, epoch_seed, make_dataloader
 from .speech_dataset import DataStats, SpeechDataset, SpeechIterableDataset, add_durations, column_as_numpy
@@ -55,6 +55,7 @@ __all__ = [
     "epoch_seed",
     "is_offline_corpus",
     "load_corpus",
+    "load_split",
     "load_speech_dataset",
     "make_dataloader",
     "min_input_samples",

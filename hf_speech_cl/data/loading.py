@@ -23,7 +23,7 @@ import datasets
 
 from .audio import DEFAULT_SAMPLING_RATE
 
-__all__ = ["is_offline_corpus", "load_speech_dataset"]
+__all__ = ["is_offline_corpus", "load_split", "load_speech_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +127,25 @@ def load_speech_dataset(
                 ),
             )
     return dataset
+
+
+def load_split(
+    data_args: Any, split: str, *, streaming: bool | None = None, sampling_rate: int | None = None
+) -> datasets.Dataset | datasets.IterableDataset:
+    """`load_speech_dataset` of split `split` of the dataset that `data_args` (a `DataArguments`) names: its name,
+    config, `dataset_kwargs`, audio column and cache, streaming as `data_args.streaming` unless `streaming` says
+    otherwise, decoded at `sampling_rate` (default `data_args.sampling_rate`).
+
+    Raises:
+        ValueError: see `load_speech_dataset`.
+    """
+    return load_speech_dataset(
+        data_args.dataset_name,
+        config=data_args.dataset_config,
+        split=split,
+        streaming=data_args.streaming if streaming is None else streaming,
+        sampling_rate=data_args.sampling_rate if sampling_rate is None else sampling_rate,
+        audio_column=data_args.audio_column,
+        cache_dir=data_args.cache_dir,
+        **data_args.dataset_kwargs_dict,
+    )

@@ -12,7 +12,7 @@ from transformers import Wav2Vec2FeatureExtractor
 from .arguments import DataArguments
 from .audio import min_input_samples as encoder_min_input_samples
 from .collators import AudioCollator
-from .loading import load_speech_dataset
+from .loading import load_split
 from .sampling import make_dataloader
 from .speech_dataset import SpeechDataset, SpeechIterableDataset
 from .subsets import select_subset_by_duration
@@ -35,16 +35,7 @@ def _load_split(
     seed: int,
     min_input_samples: int = 1,
 ) -> Any:
-    dataset = load_speech_dataset(
-        data_args.dataset_name,
-        config=data_args.dataset_config,
-        split=split,
-        streaming=data_args.streaming,
-        sampling_rate=sampling_rate,
-        audio_column=data_args.audio_column,
-        cache_dir=data_args.cache_dir,
-        **data_args.dataset_kwargs_dict,
-    )
+    dataset = load_split(data_args, split, sampling_rate=sampling_rate)
     if data_args.streaming:
         if minutes is not None:
             raise ValueError(

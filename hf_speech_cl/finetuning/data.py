@@ -8,7 +8,7 @@ from typing import Any
 
 import datasets
 
-from ..data import DataArguments, SpeechDataset, SpeechIterableDataset, build_speech_datasets, load_speech_dataset
+from ..data import DataArguments, SpeechDataset, SpeechIterableDataset, build_speech_datasets, load_split
 from ..data.pipeline import eval_clip_options
 
 __all__ = [
@@ -74,16 +74,7 @@ def build_eval_dataset(
     Raises:
         ValueError: the split or a column does not exist.
     """
-    dataset = load_speech_dataset(
-        data_args.dataset_name,
-        config=data_args.dataset_config,
-        split=split,
-        streaming=data_args.streaming,
-        sampling_rate=sampling_rate,
-        audio_column=data_args.audio_column,
-        cache_dir=data_args.cache_dir,
-        **data_args.dataset_kwargs_dict,
-    )
+    dataset = load_split(data_args, split, sampling_rate=sampling_rate)
     common: dict[str, Any] = {
         "sampling_rate": sampling_rate,
         "audio_column": data_args.audio_column,

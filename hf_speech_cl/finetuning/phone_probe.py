@@ -909,22 +909,13 @@ class PhoneProbe:
     def _load_splits(self) -> tuple[Any, Any] | None:
         if self._splits is not None or self._skip_reason is not None:
             return self._splits
-        from ..data import load_speech_dataset
+        from ..data import load_split
 
         data_args = self.data_args
         loaded = []
         for split in (self.train_split, self.args.phone_probe_test_split):
             try:
-                dataset = load_speech_dataset(
-                    data_args.dataset_name,
-                    config=data_args.dataset_config,
-                    split=split,
-                    streaming=data_args.streaming,
-                    sampling_rate=data_args.sampling_rate,
-                    audio_column=data_args.audio_column,
-                    cache_dir=data_args.cache_dir,
-                    **data_args.dataset_kwargs_dict,
-                )
+                dataset = load_split(data_args, split)
             except Exception as error:  # a missing split (the message lists the splits), an unreachable Hub, ...
                 self._skip_reason = f"cannot load split `{split}` of `{data_args.dataset_name}` ({error})"
                 return None

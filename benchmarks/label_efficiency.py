@@ -42,9 +42,9 @@ Presets (`--preset`):
 - `tiny`: the `tiny` encoder on the default corpora, fixed budgets; 47 minutes on 2 CPU cores (budget below; it was
   called `cpu` when measured, `benchmarks/results/label_efficiency_tiny.*`).
 - `cpu`: the compute-shaped `cpu` encoder (5.8 M parameters, `hf_speech_cl.presets`), pretraining on the 10-h
-  `large` configuration of `synthetic-librispeech` (600 updates of 8 x 4 s: 5.3 h of audio per objective), ASR
+  `large` configuration of `synthetic-librispeech` (500 updates of 8 x 4 s: 4.4 h of audio per objective), ASR
   fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until validation CER stops
-  improving (3 evaluations of every 150 updates without a lower one, cap 1500; the best update's model scored), the
+  improving (3 evaluations of every 100 updates without a lower one, cap 800; the best update's model scored), the
   phone probe of every pretrained encoder and the PNMI of HuBERT's labels in the report. Planned for <= 2 h on 2
   cores from per-update costs (`benchmarks/results/front_end_share.md`); not run yet.
 - `gpu`: the `small` encoder (5 M parameters), 10 h of synthetic speech, 10k pretraining updates of 32 x 4 s, 3000
@@ -258,14 +258,14 @@ PRESETS: dict[str, Preset] = {
         model_size="cpu",
         corpus_kwargs={},
         corpus_configs={LIBRISPEECH: "large"},
-        pretrain_updates=600,
+        pretrain_updates=500,
         pretrain_batch_size=8,
         pretrain_crop_s=4.0,
         pretrain_eval_samples=64,
         label_minutes=(10.0, 60.0),
-        asr_updates=1500,
+        asr_updates=800,
         asr_batch_size=8,
-        asr_eval_steps=150,
+        asr_eval_steps=100,
         asr_eval_samples=100,
         early_stopping_patience=3,
         single_seed_minutes=(60.0,),

@@ -42,9 +42,9 @@ Presets (`--preset`):
 - `tiny`: the `tiny` encoder on the default corpora, fixed budgets; 47 minutes on 2 CPU cores (budget below; it was
   called `cpu` when measured, `benchmarks/results/label_efficiency_tiny.*`).
 - `cpu`: the compute-shaped `cpu` encoder (5.8 M parameters, `hf_speech_cl.presets`), pretraining on the 10-h
-  `large` configuration of `synthetic-librispeech` (500 updates of 8 x 4 s: 4.4 h of audio per objective), ASR
+  `large` configuration of `synthetic-librispeech` (400 updates of 8 x 4 s: 3.6 h of audio per objective), ASR
   fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until validation CER stops
-  improving (3 evaluations of every 100 updates without a lower one, cap 800; the best update's model scored), the
+  improving (2 evaluations of every 100 updates without a lower one, cap 600; the best update's model scored), the
   phone probe of every pretrained encoder and the PNMI of HuBERT's labels in the report. Planned for <= 2 h on 2
   cores from per-update costs (`benchmarks/results/front_end_share.md`); not run yet.
 - `gpu`: the `small` encoder (5 M parameters), 10 h of synthetic speech, 10k pretraining updates of 32 x 4 s, 3000
@@ -258,16 +258,16 @@ PRESETS: dict[str, Preset] = {
         model_size="cpu",
         corpus_kwargs={},
         corpus_configs={LIBRISPEECH: "large"},
-        pretrain_updates=500,
+        pretrain_updates=400,
         pretrain_batch_size=8,
         pretrain_crop_s=4.0,
         pretrain_eval_samples=64,
         label_minutes=(10.0, 60.0),
-        asr_updates=800,
+        asr_updates=600,
         asr_batch_size=8,
         asr_eval_steps=100,
         asr_eval_samples=100,
-        early_stopping_patience=3,
+        early_stopping_patience=2,
         single_seed_minutes=(60.0,),
         cls_updates=200,
         cls_batch_size=8,

@@ -129,6 +129,8 @@ def distributed(work: Path, steps: int) -> dict:
         args = [
             "--output_dir",
             str(out),
+            "--model_size",  # the size measured in benchmarks/results/fault_tolerance.json
+            "tiny",
             "--max_steps",
             str(steps),
             "--save_steps",

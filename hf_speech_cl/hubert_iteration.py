@@ -87,7 +87,7 @@ from .continued_pretraining import (
 from .data import DataArguments, build_pretraining_dataloaders, load_split
 from .finetuning import PhoneProbe, PhoneProbeArguments
 from .models.hubert_pretraining import HubertForPreTraining, HubertPretrainingConfig
-from .presets import ENCODER_PRESETS, encoder_preset
+from .presets import ENCODER_PRESETS, default_model_size, encoder_preset
 from .pseudo_labels import (
     CROP_OFFSET_COLUMN,
     DataCollatorForHubertPretraining,
@@ -221,8 +221,8 @@ class HubertArguments:
     model_size: str | None = field(
         default=None,
         metadata={
-            "help": f"Encoder preset of the models trained: {', '.join(ENCODER_PRESETS)}. Default: tiny, or with "
-            "--init_from the checkpoint's architecture (given, it must be the checkpoint's)."
+            "help": f"Encoder preset of the models trained: {', '.join(ENCODER_PRESETS)}. Default: cpu on a machine without CUDA, gpu with it (`hf_speech_cl.presets.default_model_size`), "
+            "or with --init_from the checkpoint's architecture (given, it must be the checkpoint's)."
         },
     )
     objective: str = field(
@@ -455,7 +455,8 @@ def quality_table(history: list[dict[str, Any]], note: str | None) -> str:
 
 
 def model_size_of(hubert_args: HubertArguments, init_config: PretrainedConfig | None = None) -> str | None:
-    """The preset trained: `model_size`, else the preset the checkpoint's architecture is, else tiny.
+    """The preset trained: `model_size`, else the preset the checkpoint's architecture is, else the machine's
+    default (`hf_speech_cl.presets.default_model_size`: cpu, or gpu with CUDA).
 
     Args:
         hubert_args: the iteration's settings.
@@ -465,7 +466,7 @@ def model_size_of(hubert_args: HubertArguments, init_config: PretrainedConfig | 
         A preset name, or None when the checkpoint's architecture is none of the presets.
     """
     if hubert_args.model_size or init_config is None:
-        return hubert_args.model_size or "tiny"
+        return hubert_args.model_size or default_model_size()
     return matching_preset(init_config)
 
 
@@ -955,7 +956,7 @@ class HubertIterator:
                 data_args.max_eval_samples,
             ],
             "model": [
-                hubert_args.model_size if hubert_args.init_from else (hubert_args.model_size or "tiny"),
+                hubert_args.model_size if hubert_args.init_from else (hubert_args.model_size or default_model_size()),
                 hubert_args.config_overrides,
             ],
             "init_from": source.continue_from,

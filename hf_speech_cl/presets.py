@@ -6,7 +6,7 @@ feature encoder with a total stride of 320 samples = 20 ms at 16 kHz, then a Tra
 - `base`: the BASE model of wav2vec 2.0 (Baevski et al. 2020, §4.2) and HuBERT (Hsu et al. 2021, §IV-C):
   768 hidden, 12 layers, 12 heads, 3072 FFN, 512 conv channels, group-norm feature encoder; 95 M parameters.
 - `small`: 256 hidden, 4 layers, 256 conv channels; 5 M parameters (16 audio-s/s per 2-core CPU step, ENV.md).
-- `tiny`: 128 hidden, 2 layers, 64 conv channels; < 1 M parameters; what the offline defaults and tests use.
+- `tiny`: 128 hidden, 2 layers, 64 conv channels; < 1 M parameters; what the tests use (`--model_size tiny`).
 - `cpu`: compute-shaped for a CPU: conv channels growing as the frame rate falls, (32, 64, 128, 128, 256, 256, 256),
   under a 6 x 256 Transformer; 5.5 M parameters. The first convolutions run at 3.2 kHz and 1.6 kHz frame rates, so
   `small`'s 256 channels there cost 5x its Transformer; here the front end costs no more than the Transformer
@@ -15,13 +15,16 @@ feature encoder with a total stride of 320 samples = 20 ms at 16 kHz, then a Tra
   stock `Wav2Vec2Config` (no squeeze/upsample), so `Wav2Vec2ForPreTraining`, `Wav2Vec2ForCTC` and `HubertModel` load
   it.
 - `gpu`: the `cpu` shape scaled for a GPU: channels (64, 128, 256, 256, 512, 512, 512), 8 x 512 Transformer.
+
+Every recipe builds `cpu` on a machine without CUDA and `gpu` with it unless `--model_size` says otherwise
+(`default_model_size`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ENCODER_PRESETS", "encoder_preset"]
+__all__ = ["ENCODER_PRESETS", "default_model_size", "encoder_preset"]
 
 _CONV = {"conv_kernel": (10, 3, 3, 3, 3, 2, 2), "conv_stride": (5, 2, 2, 2, 2, 2, 2)}
 
@@ -87,6 +90,17 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
         "do_stable_layer_norm": False,
     },
 }
+
+
+def default_model_size() -> str:
+    """The preset a recipe builds when no `--model_size` (and no checkpoint) is given: `gpu` where CUDA is available,
+    else `cpu` — the compute-shaped presets, whose front end costs no more than their Transformer on that hardware.
+
+    `tiny` stays available (`--model_size tiny`) for tests and quick checks; `base` is the papers' BASE model.
+    """
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def encoder_preset(name: str, **overrides: Any) -> dict[str, Any]:

@@ -34,9 +34,9 @@ Local data: a copy of a Hub dataset (e.g. `openslr/librispeech_asr`'s Parquet sh
 `--streaming`; a dataset without speakers takes `--train_minutes N --speaker_column none`.
 
 Examples:
-    accelerate launch recipes/finetune_asr.py --model_name_or_path outputs/wav2vec2-tiny --train_minutes 10
-    accelerate launch recipes/finetune_asr.py --model_name_or_path outputs/simclr-tiny          # uses its encoder/
-    accelerate launch recipes/finetune_asr.py --model_name_or_path outputs/hubert-tiny --probe
+    accelerate launch recipes/finetune_asr.py --model_name_or_path outputs/wav2vec2 --train_minutes 10
+    accelerate launch recipes/finetune_asr.py --model_name_or_path outputs/simclr          # uses its encoder/
+    accelerate launch recipes/finetune_asr.py --model_name_or_path outputs/hubert --probe
     accelerate launch recipes/finetune_asr.py --model_name_or_path facebook/wav2vec2-base \\
         --dataset_name openslr/librispeech_asr --dataset_config clean --train_split train.100 \\
         --eval_split validation --test_split test --train_minutes 60 --learning_rate 5e-5 \\
@@ -78,7 +78,7 @@ from hf_speech_cl.finetuning import (
     report_vocabulary_coverage,
 )
 from hf_speech_cl.finetuning.data import build_finetuning_datasets, column_values, loader_kwargs
-from hf_speech_cl.presets import ENCODER_PRESETS
+from hf_speech_cl.presets import ENCODER_PRESETS, default_model_size
 from hf_speech_cl.training import PretrainingArguments, make_accelerator, train
 
 logger = logging.getLogger("finetune_asr")
@@ -103,10 +103,11 @@ class ASRArguments:
             "baseline). Default: none."
         },
     )
-    model_size: str = field(
-        default="tiny",
+    model_size: str | None = field(
+        default=None,
         metadata={
-            "help": f"Encoder preset with --model_name_or_path none: {', '.join(ENCODER_PRESETS)}. Default: tiny."
+            "help": f"Encoder preset with --model_name_or_path none: {', '.join(ENCODER_PRESETS)}. Default: cpu on a machine without CUDA, gpu with it (`hf_speech_cl.presets.default_model_size`); "
+            "tiny for quick checks."
         },
     )
     probe: bool = field(
@@ -231,7 +232,7 @@ def _describe_mode(model_args: ASRArguments, freeze_updates: int, model) -> str:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ASRArguments, DataArguments, PretrainingArguments), description=__doc__)
     parser.set_defaults(
-        output_dir="outputs/asr-tiny",
+        output_dir="outputs/asr",
         max_steps=1500,  # see the docstring: 600 updates left CER at 0.96
         per_device_train_batch_size=8,
         learning_rate=1e-3,
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metric_for_best_model="cer",
     )
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model_args.model_size = model_args.model_size or default_model_size()  # cpu, or gpu with CUDA
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if model_args.ctc_loss_reduction not in ("mean", "sum"):
         raise ValueError(f"--ctc_loss_reduction must be mean or sum, got {model_args.ctc_loss_reduction!r}")

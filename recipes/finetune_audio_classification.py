@@ -23,9 +23,9 @@ weights in `best_model/`); `--early_stopping_patience N` stops after N evaluatio
 `--load_best_model_at_end` saves and tests the best model; the reports name the update of the tested model.
 
 Examples:
-    accelerate launch recipes/finetune_audio_classification.py --model_name_or_path outputs/hubert-tiny
+    accelerate launch recipes/finetune_audio_classification.py --model_name_or_path outputs/hubert
     accelerate launch recipes/finetune_audio_classification.py --task emotion_recognition \\
-        --model_name_or_path outputs/wav2vec2-tiny --probe
+        --model_name_or_path outputs/wav2vec2 --probe
     accelerate launch recipes/finetune_audio_classification.py --model_name_or_path facebook/wav2vec2-base \\
         --dataset_name <speech-commands-v0.01 repo> --label_column label --eval_split validation \\
         --test_split test --learning_rate 3e-5 --max_steps 5000
@@ -62,7 +62,7 @@ from hf_speech_cl.finetuning import (
     prepare_for_finetuning,
 )
 from hf_speech_cl.finetuning.data import build_finetuning_datasets, class_label_names, column_values, loader_kwargs
-from hf_speech_cl.presets import ENCODER_PRESETS
+from hf_speech_cl.presets import ENCODER_PRESETS, default_model_size
 from hf_speech_cl.training import PretrainingArguments, make_accelerator, train
 
 logger = logging.getLogger("finetune_audio_classification")
@@ -100,10 +100,11 @@ class ClassificationArguments:
             "initialised encoder of --model_size (the no-pretraining baseline). Default: none."
         },
     )
-    model_size: str = field(
-        default="tiny",
+    model_size: str | None = field(
+        default=None,
         metadata={
-            "help": f"Encoder preset with --model_name_or_path none: {', '.join(ENCODER_PRESETS)}. Default: tiny."
+            "help": f"Encoder preset with --model_name_or_path none: {', '.join(ENCODER_PRESETS)}. Default: cpu on a machine without CUDA, gpu with it (`hf_speech_cl.presets.default_model_size`); "
+            "tiny for quick checks."
         },
     )
     probe: bool = field(
@@ -182,12 +183,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metric_for_best_model="accuracy",
     )
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model_args.model_size = model_args.model_size or default_model_size()  # cpu, or gpu with CUDA
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if model_args.task not in TASKS:
         raise ValueError(f"--task must be one of {sorted(TASKS)}, got {model_args.task!r}")
     task = TASKS[model_args.task]
     data_args.dataset_name = data_args.dataset_name or task["dataset"]
-    args.output_dir = args.output_dir or f"outputs/{model_args.task.replace('_', '-')}-tiny"
+    args.output_dir = args.output_dir or f"outputs/{model_args.task.replace('_', '-')}"
     test_split = None if (model_args.test_split or "").lower() in ("", "none") else model_args.test_split
     path = model_args.model_name_or_path
     check_output_is_not_the_checkpoint(args.output_dir, path)

@@ -35,7 +35,7 @@ from hf_speech_cl.augment import SimCLRAugment
 from hf_speech_cl.data import DataArguments, build_pretraining_dataloaders
 from hf_speech_cl.finetuning import PhoneProbe, PhoneProbeArguments
 from hf_speech_cl.models.simclr_audio import SimCLRAudioConfig, SimCLRAudioForPreTraining
-from hf_speech_cl.presets import ENCODER_PRESETS, encoder_preset
+from hf_speech_cl.presets import ENCODER_PRESETS, default_model_size, encoder_preset
 from hf_speech_cl.training import PretrainingArguments, finalize_pretraining, make_accelerator, train
 
 logger = logging.getLogger("pretrain_simclr")
@@ -47,8 +47,12 @@ class SimCLRArguments:
         default=None,
         metadata={"help": "Continue from a SimCLR checkpoint (folder or Hub id) instead of a fresh `--model_size`."},
     )
-    model_size: str = field(
-        default="tiny", metadata={"help": f"Encoder preset for a fresh model: {', '.join(ENCODER_PRESETS)}."}
+    model_size: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Encoder preset for a fresh model: {', '.join(ENCODER_PRESETS)}. Default: cpu on a machine without CUDA, gpu with it (`hf_speech_cl.presets.default_model_size`); tiny for quick "
+            "checks."
+        },
     )
     granularity: str = field(
         default="utterance",
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         (SimCLRArguments, DataArguments, PretrainingArguments, PhoneProbeArguments), description=__doc__
     )
     parser.set_defaults(
-        output_dir="outputs/simclr-tiny",
+        output_dir="outputs/simclr",
         max_steps=300,
         per_device_train_batch_size=8,
         learning_rate=5e-4,
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         logging_steps=10,
     )
     model_args, data_args, args, probe_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args.model_size = model_args.model_size or default_model_size()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     accelerator = make_accelerator(args)

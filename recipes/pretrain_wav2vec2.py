@@ -58,7 +58,7 @@ from hf_speech_cl.continued_pretraining import (
 )
 from hf_speech_cl.data import DataArguments, DataCollatorForWav2Vec2Pretraining, build_pretraining_dataloaders
 from hf_speech_cl.finetuning import PhoneProbe, PhoneProbeArguments
-from hf_speech_cl.presets import ENCODER_PRESETS, encoder_preset
+from hf_speech_cl.presets import ENCODER_PRESETS, default_model_size, encoder_preset
 from hf_speech_cl.training import PretrainingArguments, finalize_pretraining, make_accelerator, train
 from hf_speech_cl.wav2vec2_pretraining import (
     WAV2VEC2_PRETRAINING_DEFAULTS,
@@ -86,8 +86,8 @@ class Wav2Vec2Arguments:
     model_size: str | None = field(
         default=None,
         metadata={
-            "help": f"Encoder preset for a fresh model: {', '.join(ENCODER_PRESETS)}. Default: tiny; with --init_from "
-            "the checkpoint's architecture (given, it must be the checkpoint's)."
+            "help": f"Encoder preset for a fresh model: {', '.join(ENCODER_PRESETS)}. Default: cpu on a machine without CUDA, gpu with it (`hf_speech_cl.presets.default_model_size`); "
+            "with --init_from the checkpoint's architecture (given, it must be the checkpoint's)."
         },
     )
     feat_extract_norm: str | None = field(
@@ -141,9 +141,10 @@ OBJECTIVE_FIELDS = ("mask_time_prob", "mask_time_length", "num_negatives", "dive
 
 
 def model_size_of(model_args: Wav2Vec2Arguments) -> str | None:
-    """`--model_size`, else the preset the --init_from checkpoint's architecture is (None: none), else tiny."""
+    """`--model_size`, else the preset the --init_from checkpoint's architecture is (None: none), else the machine's
+    default (`default_model_size`: cpu, or gpu with CUDA)."""
     if model_args.model_size or not model_args.init_from:
-        return model_args.model_size or "tiny"
+        return model_args.model_size or default_model_size()
     return matching_preset(checkpoint_config(model_args.init_from, ("wav2vec2",), "wav2vec 2.0 pretraining"))
 
 
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         (Wav2Vec2Arguments, DataArguments, PretrainingArguments, PhoneProbeArguments), description=__doc__
     )
     parser.set_defaults(
-        output_dir="outputs/wav2vec2-tiny",
+        output_dir="outputs/wav2vec2",
         max_steps=300,
         per_device_train_batch_size=8,
         learning_rate=1e-3,

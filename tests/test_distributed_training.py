@@ -55,7 +55,7 @@ def test_recipe_trains_on_two_processes_with_layer_drop(recipe, tmp_path, corpus
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), str(ROOT / "tests" / "fault_driver.py"), recipe, "none", "--",
-        "--output_dir", str(out), "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
+        "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
         "--warmup_steps", "1", "--per_device_train_batch_size", "2", "--max_train_crop_s", "1.5",
         "--dataset_kwargs", json.dumps(CORPUS), "--eval_split", "none", *RECIPES[recipe],
     ]  # fmt: skip
@@ -119,7 +119,7 @@ def test_streaming_pretraining_and_evaluation_on_two_processes(tmp_path, corpus_
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), str(ROOT / "tests" / "fault_driver.py"), "pretrain_simclr", "none", "--",
-        "--output_dir", str(out), "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
+        "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
         "--warmup_steps", "1", "--per_device_train_batch_size", "2", "--dataset_kwargs", json.dumps(CORPUS),
         "--streaming", "--shuffle_buffer_size", "8", "--max_eval_samples", "6",
     ]  # fmt: skip

@@ -251,7 +251,7 @@ def test_sigkill_during_a_finetuning_run_resumes_to_the_same_best_and_stopping_u
 
     def args(out):
         return [
-            "--output_dir", str(out), "--max_steps", "12", "--save_steps", "3", "--eval_steps", "1",
+            "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "12", "--save_steps", "3", "--eval_steps", "1",
             "--logging_steps", "1", "--warmup_steps", "1", "--per_device_train_batch_size", "4",
             "--dataset_name", "synthetic-speech-commands", "--dataset_kwargs",
             json.dumps(TINY_PARAMS["synthetic-speech-commands"]), "--model_name_or_path", "none",

@@ -33,7 +33,7 @@ def run_recipe(recipe: str, kill: str, args: list[str]) -> subprocess.CompletedP
 
 def recipe_args(out: Path, *extra: str) -> list[str]:
     return [
-        "--output_dir", str(out), "--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS),
+        "--output_dir", str(out), "--model_size", "tiny", "--max_steps", str(MAX_STEPS), "--save_steps", str(SAVE_STEPS),
         "--logging_steps", "1", "--warmup_steps", "1", "--per_device_train_batch_size", "4",
         "--max_train_crop_s", "1.5", "--dataset_kwargs", json.dumps(CORPUS), "--eval_split", "none", *extra,
     ]  # fmt: skip

@@ -61,7 +61,7 @@ from hf_speech_cl.finetuning import (
     vocabulary_coverage,
 )
 from hf_speech_cl.models.ctc_probe import CTCProbeConfig, CTCProbeForCTC, weighted_layer_sum
-from hf_speech_cl.presets import encoder_preset
+from hf_speech_cl.presets import default_model_size, encoder_preset
 from hf_speech_cl.training import PretrainingArguments, make_accelerator, train
 
 SR = Wav2Vec2FeatureExtractor().sampling_rate
@@ -432,6 +432,17 @@ def test_no_pretraining_baseline():
         load_pretrained_for_task(None, "ctc", model_size="huge", vocab_size=10)
     with pytest.raises(ValueError, match="task must be one of"):
         load_pretrained_for_task(None, "translation")
+
+
+def test_without_a_model_size_the_compute_shaped_preset_of_the_machine_is_built(monkeypatch):
+    """Issue 13: every recipe defaults to the `cpu` preset on a CPU machine and to `gpu` with CUDA, not to `tiny`."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_model_size() == "cpu"
+    model = load_pretrained_for_task("none", "ctc", vocab_size=10, pad_token_id=0)
+    assert model.config.conv_dim == list(encoder_preset("cpu")["conv_dim"])
+    assert model.config.num_hidden_layers == encoder_preset("cpu")["num_hidden_layers"] == 6
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_model_size() == "gpu"
 
 
 def test_bad_checkpoints(tmp_path):

@@ -36,7 +36,7 @@ def make_iterator(out: Path, calls: list) -> HubertIterator:
         return result
 
     return HubertIterator(
-        HubertArguments(iterations=2, num_clusters="8,10", kmeans_sample_fraction=1.0),
+        HubertArguments(iterations=2, num_clusters="8,10", kmeans_sample_fraction=1.0, model_size="tiny"),
         DataArguments(dataset_kwargs=json.dumps(CORPUS), max_eval_samples=3, max_train_crop_s=1.5),
         PretrainingArguments(
             output_dir=str(out),

@@ -172,7 +172,7 @@ def load_recipe(name: str):
 
 def simclr_argv(out: Path, steps: int, *extra: str) -> list[str]:
     return [
-        "--output_dir", str(out), "--max_steps", str(steps), "--save_steps", "2", "--logging_steps", "1",
+        "--output_dir", str(out), "--model_size", "tiny", "--max_steps", str(steps), "--save_steps", "2", "--logging_steps", "1",
         "--warmup_steps", "1", "--per_device_train_batch_size", "4", "--max_train_crop_s", "1.5",
         "--dataset_kwargs", json.dumps(CORPUS), "--eval_split", "none", *extra,
     ]  # fmt: skip

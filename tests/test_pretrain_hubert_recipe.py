@@ -60,7 +60,7 @@ def feature_extractor() -> Wav2Vec2FeatureExtractor:
 
 def recipe_args(out: Path, corpus_cache: Path, iterations: int, *extra: str) -> list[str]:
     return [
-        "--output_dir", str(out), "--iterations", str(iterations), "--num_clusters", "8,10",
+        "--output_dir", str(out), "--model_size", "tiny", "--iterations", str(iterations), "--num_clusters", "8,10",
         "--kmeans_sample_fraction", "1.0", "--dataset_kwargs", json.dumps(CORPUS), "--cache_dir", str(corpus_cache),
         "--max_eval_samples", "3", "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
         "--warmup_steps", "1", "--per_device_train_batch_size", "4", "--max_train_crop_s", "1.5", *extra,

@@ -40,6 +40,8 @@ def common(out, steps, *extra):
     return [
         "--output_dir",
         str(out),
+        "--model_size",
+        "tiny",
         "--max_steps",
         str(steps),
         "--logging_steps",

@@ -51,7 +51,7 @@ from transformers.models.auto.modeling_auto import (
 from ..data.audio import receptive_field_samples
 from ..models.ctc_probe import CTCProbeConfig, CTCProbeForCTC
 from ..models.ctc_probe import register as register_ctc_probe
-from ..presets import ENCODER_PRESETS, encoder_preset
+from ..presets import ENCODER_PRESETS, default_model_size, encoder_preset
 
 __all__ = [
     "check_output_is_not_the_checkpoint",
@@ -216,7 +216,7 @@ def load_pretrained_for_task(
     path: str | None,
     task: str,
     *,
-    model_size: str = "tiny",
+    model_size: str | None = None,
     probe: bool = False,
     reinit_head: bool = False,
     **head_kwargs: Any,
@@ -226,7 +226,7 @@ def load_pretrained_for_task(
     Args:
         path: checkpoint folder, Hub id, or `None`/`"none"` for no pretraining.
         task: `"ctc"` or `"audio-classification"`.
-        model_size: encoder preset when `path` is none (`tiny`, `small`, `base`).
+        model_size: encoder preset when `path` is none (`hf_speech_cl.presets`; None: `default_model_size()`).
         probe: build the frozen-encoder probe instead of the fully fine-tunable model.
         reinit_head: replace a task head of the checkpoint that does not fit (see the module docstring).
         head_kwargs: config fields for the task model: CTC `vocab_size`, `pad_token_id`, `ctc_loss_reduction`,
@@ -248,6 +248,7 @@ def load_pretrained_for_task(
         head_kwargs = {**head_kwargs, "use_weighted_layer_sum": True}
 
     if path in NO_PRETRAINING:
+        model_size = model_size or default_model_size()
         if model_size not in ENCODER_PRESETS:
             raise ValueError(f"Unknown --model_size {model_size!r}; choose one of {sorted(ENCODER_PRESETS)}")
         if task == "ctc" and probe:
@@ -302,7 +303,7 @@ def _load_checkpoint(
     return model_class.from_pretrained(source, config=config)
 
 
-def encoder_min_input_samples(path: str | None, model_size: str = "tiny", num_frames: int = 1) -> int:
+def encoder_min_input_samples(path: str | None, model_size: str | None = None, num_frames: int = 1) -> int:
     """Fewest input samples for which the encoder `path` (or preset `model_size`) emits `num_frames` frames.
 
     Read from the checkpoint's config alone (the nested `backbone_config` of a SimCLR checkpoint, `encoder_config`
@@ -312,6 +313,7 @@ def encoder_min_input_samples(path: str | None, model_size: str = "tiny", num_fr
         ValueError: unknown preset, unreadable config, or a config without `conv_kernel`/`conv_stride`.
     """
     if path in NO_PRETRAINING:
+        model_size = model_size or default_model_size()
         if model_size not in ENCODER_PRESETS:
             raise ValueError(f"Unknown --model_size {model_size!r}; choose one of {sorted(ENCODER_PRESETS)}")
         geometry = ENCODER_PRESETS[model_size]

@@ -58,7 +58,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2Config,
 
 from ..data.audio import DEFAULT_SAMPLING_RATE, AudioDecodingError, decode_audio, receptive_field_samples
 from ..models.hubert_pretraining import HubertPseudoLabelerConfig
-from ..presets import encoder_preset
+from ..presets import default_model_size, encoder_preset
 from ..pseudo_labels.features import mfcc_features
 from ..pseudo_labels.metrics import alignment_to_frames, phone_inventory
 from ..training.export import PHONE_PROBE_FILE  # the report beside the model, written by `finalize_pretraining`
@@ -724,7 +724,7 @@ def run_phone_probe(
     *,
     layers: str | Sequence[int] = "all",
     references: Sequence[str] = REFERENCES,
-    model_size: str = "tiny",
+    model_size: str | None = None,
     feature_extractor: Wav2Vec2FeatureExtractor | None = None,
     sampling_rate: int | None = None,
     max_train_utterances: int = 200,
@@ -746,7 +746,7 @@ def run_phone_probe(
     Args:
         checkpoint: a checkpoint folder or Hub id (`load_probe_encoder`), a loaded base encoder (`Wav2Vec2Model`,
             `HubertModel`, ...), or None / "none" to probe only the references (the random encoder then has the
-            config of preset `model_size`).
+            config of preset `model_size`; None: `default_model_size()`).
         train_dataset / test_dataset: datasets with `audio_column` and `alignment_column`, or decoded
             `ProbeUtterance`s (used as they are, no subsampling of utterances).
         layers: hidden layers probed (`resolve_layers`); the best is headlined.
@@ -789,7 +789,9 @@ def run_phone_probe(
         raise ValueError(
             f"The feature extractor expects {feature_extractor.sampling_rate} Hz but sampling_rate is {sampling_rate}."
         )
-    config = encoder.config if encoder is not None else Wav2Vec2Config(**encoder_preset(model_size))
+    config = (
+        encoder.config if encoder is not None else Wav2Vec2Config(**encoder_preset(model_size or default_model_size()))
+    )
 
     def utterances(dataset, limit, subset_seed):
         if isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):

@@ -28,6 +28,7 @@ __all__ = [
     "Wav2Vec2MaskSampler",
     "Wav2Vec2PretrainingMonitor",
     "check_pretraining_setup",
+    "contrastive_accuracy",
     "gumbel_temperature",
     "wav2vec2_loss_normalizer",
 ]
@@ -120,6 +121,42 @@ def wav2vec2_loss_normalizer(batch: dict[str, torch.Tensor], outputs: Any) -> to
     return batch["mask_time_indices"].sum()
 
 
+@torch.no_grad()
+def contrastive_accuracy(
+    projected_states: torch.Tensor,
+    projected_quantized_states: torch.Tensor,
+    sampled_negative_indices: torch.Tensor,
+    mask_time_indices: torch.Tensor,
+) -> torch.Tensor:
+    """Share of masked frames whose true quantized target scores above every distractor (0-d tensor in [0, 1]).
+
+    fairseq's `Wav2vecCriterion` logs it as `accuracy` (`logits.argmax == 0`, ties with every logit equal not
+    counted). Chance is 1 / (num_negatives + 1): a model whose contrastive loss sits at log(num_negatives + 1) has
+    made all logits equal, which the loss alone does not tell apart from a model that is learning slowly, and the
+    codevector perplexity can climb meanwhile (the diversity loss sees code usage, not where targets point).
+
+    Args:
+        projected_states: `Wav2Vec2ForPreTraining` output `projected_states`, (batch, frames, proj_codevector_dim).
+        projected_quantized_states: the output `projected_quantized_states`, same shape.
+        sampled_negative_indices: (batch, frames, num_negatives) indices into the flattened batch x frames, as the
+            collator draws them (`_sample_negative_indices`).
+        mask_time_indices: (batch, frames) bool/int, the masked frames that are scored.
+    """
+    batch_size, frames, dim = projected_quantized_states.shape
+    flat = projected_quantized_states.reshape(-1, dim).float()
+    negatives = flat[sampled_negative_indices.long().reshape(-1)].view(batch_size, frames, -1, dim)
+    candidates = torch.cat([projected_quantized_states.float().unsqueeze(2), negatives], dim=2)  # (B, T, K+1, D)
+    logits = torch.cosine_similarity(projected_states.float().unsqueeze(2), candidates, dim=-1)
+    same = (negatives == projected_quantized_states.float().unsqueeze(2)).all(-1)  # a distractor equal to the target
+    logits[..., 1:] = logits[..., 1:].masked_fill(same, float("-inf"))
+    masked = mask_time_indices.bool()
+    logits = logits[masked]
+    if logits.numel() == 0:
+        return torch.zeros((), device=logits.device)
+    wins = (logits.argmax(-1) == 0) & ~(logits.argmin(-1) == 0)  # fairseq: max & not (max and min at once)
+    return wins.float().mean()
+
+
 class Wav2Vec2PretrainingMonitor:
     """Step callback + metrics for the shared loop (`train(step_callbacks=[m.step], metrics_fn=m.metrics)`).
 
@@ -161,7 +198,8 @@ class Wav2Vec2PretrainingMonitor:
         model.set_gumbel_temperature(self.temperature)
 
     def metrics(self, outputs: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-masked-frame losses, codevector perplexity, masked fraction, Gumbel temperature (0-d tensors).
+        """Per-masked-frame losses, contrastive accuracy, codevector perplexity, masked fraction, Gumbel temperature
+        (0-d tensors).
 
         Raises:
             ValueError: if the batch has no masked frame (nothing to learn from; see `check_pretraining_setup`).
@@ -176,7 +214,7 @@ class Wav2Vec2PretrainingMonitor:
         frames = batch["sub_attention_mask"].sum() if "sub_attention_mask" in batch else mask.numel()
         perplexity = outputs.codevector_perplexity.detach().float()
         self._track_collapse(float(perplexity))
-        return {
+        metrics = {
             "loss": outputs.loss.detach().float() / masked,
             "contrastive_loss": outputs.contrastive_loss.detach().float() / masked,
             "diversity_loss": outputs.diversity_loss.detach().float() / masked,
@@ -184,6 +222,11 @@ class Wav2Vec2PretrainingMonitor:
             "masked_fraction": masked.float() / frames,
             "gumbel_temperature": torch.tensor(self.temperature, device=perplexity.device),
         }
+        if "sampled_negative_indices" in batch and getattr(outputs, "projected_states", None) is not None:
+            metrics["contrastive_accuracy"] = contrastive_accuracy(
+                outputs.projected_states, outputs.projected_quantized_states, batch["sampled_negative_indices"], mask
+            )
+        return metrics
 
     def _track_collapse(self, perplexity: float) -> None:
         self._calls += 1

@@ -12,6 +12,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2ForPreTrainin
 from hf_speech_cl.wav2vec2_pretraining import (
     Wav2Vec2PretrainingMonitor,
     check_pretraining_setup,
+    contrastive_accuracy,
     gumbel_temperature,
 )
 
@@ -62,6 +63,39 @@ def test_monitor_sets_temperature_and_normalizes_losses():
     assert metrics["gumbel_temperature"] == 1.0
     with pytest.raises(ValueError, match="no masked frame"):
         monitor.metrics(outputs, {"mask_time_indices": torch.zeros(2, 10, dtype=torch.bool)})
+
+
+def test_contrastive_accuracy_counts_masked_frames_whose_target_beats_every_distractor():
+    targets = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]])  # (1, 4, 2): four distinct codes
+    negatives = torch.tensor([[[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]])  # every other frame of the clip
+    mask = torch.tensor([[True, True, True, False]])
+    assert contrastive_accuracy(targets * 3.0, targets, negatives, mask) == 1.0  # cosine: the scale does not matter
+    shifted = targets.roll(1, dims=1)  # each frame predicts its neighbour's code: every masked frame wrong
+    assert contrastive_accuracy(shifted, targets, negatives, mask) == 0.0
+    half = targets.clone()
+    half[0, 1] = targets[0, 0]  # frame 1 predicts frame 0's code; frames 0 and 2 right
+    assert contrastive_accuracy(half, targets, negatives, mask) == pytest.approx(2 / 3)
+    # the chance plateau: a prediction equidistant from every code makes all logits equal, which is no win
+    # (fairseq's `max & ~min`), although argmax alone would pick the positive (index 0)
+    codes3d = torch.nn.functional.pad(targets, (0, 1))  # the four codes in the z = 0 plane
+    equidistant = torch.tensor([0.0, 0.0, 1.0]).expand(1, 4, 3)
+    assert contrastive_accuracy(equidistant, codes3d, negatives, mask) == 0.0
+
+
+def test_monitor_reports_contrastive_accuracy_of_a_real_forward():
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(tiny_config()).eval()
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(1600)))
+    mask = torch.from_numpy(_compute_mask_indices((2, frames), 0.5, 4, min_masks=2))
+    negatives = torch.from_numpy(_sample_negative_indices((2, frames), 5, mask.numpy()))
+    batch = {"mask_time_indices": mask, "sampled_negative_indices": negatives}
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 1600), mask_time_indices=mask, sampled_negative_indices=negatives)
+    accuracy = Wav2Vec2PretrainingMonitor(model.config).metrics(outputs, batch)["contrastive_accuracy"]
+    expected = contrastive_accuracy(outputs.projected_states, outputs.projected_quantized_states, negatives, mask)
+    assert 0.0 <= float(accuracy) <= 1.0 and accuracy == expected
 
 
 def test_monitor_warns_on_codebook_collapse(caplog):

@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_seconds = sum(getattr(splits["train"], "lengths", [])) / feature_extractor.sampling_rate
     out = finalize_finetuning(
         accelerator=accelerator,
+        eval_dataloaders={name: evaluator.dataloader for name, evaluator in evaluators.items()},
         model=model,
         result=result,
         args=args,

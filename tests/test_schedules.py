@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from hf_speech_cl.training.schedules import get_tri_stage_schedule, make_scheduler, tri_stage_multiplier
+from hf_speech_cl.training.schedules import (
+    describe_schedule,
+    get_tri_stage_schedule,
+    make_scheduler,
+    tri_stage_multiplier,
+)
 
 
 def _lrs(scheduler, optimizer, steps):
@@ -79,3 +84,14 @@ def test_training_loop_follows_the_tri_stage_schedule(tmp_path):
     assert lrs[10] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="not valid JSON"):
         make_args(tmp_path, lr_scheduler_kwargs="{phase_ratio: 1}")
+
+
+def test_the_card_states_the_tri_stage_phases_not_the_unused_warm_up():
+    schedule, warmup = describe_schedule("tri_stage", num_warmup_steps=24, num_training_steps=600)
+    assert warmup == 60 and schedule.startswith("tri_stage (warm-up 60 / hold 240 / decay 300 updates")
+    assert "0.01 -> 1 -> 0.05" in schedule
+    _, warmup = describe_schedule(
+        "tri_stage", num_warmup_steps=24, num_training_steps=600, scheduler_kwargs={"phase_ratio": [0.2, 0.3, 0.5]}
+    )
+    assert warmup == 120
+    assert describe_schedule("linear", num_warmup_steps=24, num_training_steps=600) == ("linear", 24)

@@ -253,6 +253,38 @@ def test_simclr_over_bad_clips_names_every_drop_and_keeps_the_checkpoint_finite(
         assert weights and all(torch.isfinite(t).all() for t in weights.values()), path
 
 
+def test_clips_left_out_of_the_scored_splits_are_in_the_data_report(tmp_path, tiny_librispeech):
+    """Fine-tuning: the test split's drops reach train_results.json and all_results.json, not only the log."""
+    folder = _bad_clip_folder(tmp_path / "bad", tiny_librispeech)
+    out = tmp_path / "asr"
+    argv = [
+        "--dataset_name",
+        str(folder),
+        "--eval_split",
+        "none",
+        "--test_split",
+        "train",  # the one split of the folder, scored as the test split
+        "--output_dir",
+        str(out),
+        "--model_size",
+        "tiny",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--warmup_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+    ]
+    load_recipe("finetune_asr").main(argv)
+    for name in ("train_results.json", "all_results.json"):
+        report = json.loads((out / name).read_text())["data_report"]
+        assert {"train", "test"} <= set(report), (name, report)
+        assert report["test"]["skipped"]["corrupt"] == 1 and report["test"]["examples"]["corrupt"] == ["bad-corrupt"]
+        assert report["test"]["skipped"]["non_finite"] == 1  # decoded once: the test split is scored once
+
+
 def test_keyword_spotting_streams_a_whole_split(tmp_path, tiny_speech_commands):
     from hf_speech_cl.data.synthetic import TINY_PARAMS
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..training import push_folder_to_hub, save_pretrained_atomic, write_model_card
 from ..training.checkpointing import atomic_write_text
+from ..training.export import training_hyperparameters
+from ..training.loop import data_report
 
 __all__ = ["finalize_finetuning", "format_metric"]
 
@@ -92,6 +95,7 @@ def finalize_finetuning(
     confusion_matrix: str | None = None,
     confusion_matrix_split: str | None = None,
     tags: Sequence[str] = (),
+    eval_dataloaders: dict[str, Any] | None = None,
 ) -> Path:
     """Save the fine-tuned model and its processor, write its card and `all_results.json`, push if asked.
 
@@ -110,6 +114,9 @@ def finalize_finetuning(
         task_name: a short name for the card (e.g. "speech recognition (CTC)").
         metrics: `{split: {metric name: value}}` (values without the split prefix), e.g.
             `{"validation": {"wer": 0.3}, "test": {"wer": 0.31}}`; `metric_names` picks the rows and their order.
+        eval_dataloaders: `{split: DataLoader}` of the splits scored (validation, test): the clips their data
+            pipelines left out are added to `result.data_report` (logged, and written to `train_results.json` and
+            `all_results.json` next to the training split's), so no dropped clip goes unreported.
         The other arguments fill the template `model_cards/finetuning.md` (see there).
 
     Returns:
@@ -124,15 +131,20 @@ def finalize_finetuning(
         else None
     )
     eval_splits = [{"split": s, "utterances": int(values.get("num_utterances", 0))} for s, values in metrics.items()]
+    evaluated = data_report(accelerator, eval_dataloaders or {})  # every process: it gathers
+    result.data_report = {**result.data_report, **evaluated}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained_atomic(output_dir, accelerator.unwrap_model(model), *savables)
+        if evaluated:  # the loop wrote it with the training split's report only
+            atomic_write_text(output_dir / "train_results.json", json.dumps(asdict(result), indent=2))
         all_results = {
             "global_step": result.global_step,
             **_best_model_report(result),
             "wall_time_s": result.wall_time_s,
             "train_loss": result.last_metrics.get("loss"),
             **{f"{split}_{name}": value for split, values in metrics.items() for name, value in values.items()},
+            "data_report": result.data_report,
         }
         atomic_write_text(output_dir / "all_results.json", json.dumps(all_results, indent=2, default=float))
         splits, rows = _results_table(metrics, metric_names)
@@ -140,17 +152,7 @@ def finalize_finetuning(
         if accelerator.device.type == "cpu":
             hardware += f" ({os.cpu_count()} cores)"
         hparams = {
-            "updates": result.global_step,
-            "clips per device per update": args.per_device_train_batch_size * args.gradient_accumulation_steps,
-            "processes": accelerator.num_processes,
-            "peak learning rate": args.learning_rate,
-            "warm-up updates": args.num_warmup_steps,
-            "schedule": args.lr_scheduler_type,
-            "optimizer": f"AdamW (betas {args.adam_beta1}, {args.adam_beta2}; eps {args.adam_epsilon}; "
-            f"weight decay {args.weight_decay})",
-            "gradient clipping": args.max_grad_norm,
-            "mixed precision": accelerator.mixed_precision,
-            "seed": args.seed,
+            **training_hyperparameters(result, args, accelerator),
             **_best_model_rows(result, args),
             **hyperparameters,
         }

@@ -13,12 +13,14 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from .checkpointing import RUN_MARKER, apply_default_modes, default_file_mode, default_folder_mode
+from .schedules import describe_schedule
 
 __all__ = [
     "MODEL_CARD_DIR",
     "finalize_pretraining",
     "push_folder_to_hub",
     "render_model_card",
+    "training_hyperparameters",
     "save_pretrained_atomic",
     "write_model_card",
 ]
@@ -164,6 +166,37 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def training_hyperparameters(result: Any, args: Any, accelerator: Any) -> dict[str, Any]:
+    """The optimisation rows of every model card (pretraining and fine-tuning): updates, clips per update, processes,
+    peak learning rate, warm-up and schedule (`describe_schedule`: the tri-stage phases), AdamW settings, clipping,
+    mixed precision, seed.
+
+    Args:
+        result: the loop's `TrainResult` (`global_step`).
+        args: the run's `PretrainingArguments` (or a subclass).
+        accelerator: the run's `Accelerator`.
+    """
+    schedule, warmup = describe_schedule(
+        args.lr_scheduler_type,
+        num_warmup_steps=args.num_warmup_steps,
+        num_training_steps=args.max_steps,
+        scheduler_kwargs=args.lr_scheduler_kwargs_dict,
+    )
+    return {
+        "updates": result.global_step,
+        "clips per device per update": args.per_device_train_batch_size * args.gradient_accumulation_steps,
+        "processes": accelerator.num_processes,
+        "peak learning rate": args.learning_rate,
+        "warm-up updates": warmup,
+        "schedule": schedule,
+        "optimizer": f"AdamW (betas {args.adam_beta1}, {args.adam_beta2}; eps {args.adam_epsilon}; "
+        f"weight decay {args.weight_decay})",
+        "gradient clipping": args.max_grad_norm,
+        "mixed precision": accelerator.mixed_precision,
+        "seed": args.seed,
+    }
+
+
 def finalize_pretraining(
     *,
     accelerator: Any,
@@ -222,20 +255,7 @@ def finalize_pretraining(
             for name in names
             if name not in ("epoch", "audio_hours_seen")
         ]
-        hparams = {
-            "updates": result.global_step,
-            "clips per device per update": args.per_device_train_batch_size * args.gradient_accumulation_steps,
-            "processes": accelerator.num_processes,
-            "peak learning rate": args.learning_rate,
-            "warm-up updates": args.num_warmup_steps,
-            "schedule": args.lr_scheduler_type,
-            "optimizer": f"AdamW (betas {args.adam_beta1}, {args.adam_beta2}; eps {args.adam_epsilon}; "
-            f"weight decay {args.weight_decay})",
-            "gradient clipping": args.max_grad_norm,
-            "mixed precision": accelerator.mixed_precision,
-            "seed": args.seed,
-            **(hyperparameters or {}),
-        }
+        hparams = {**training_hyperparameters(result, args, accelerator), **(hyperparameters or {})}
         hardware = f"{accelerator.num_processes} x {accelerator.device.type}"
         if accelerator.device.type == "cpu":
             hardware += f" ({os.cpu_count()} cores)"

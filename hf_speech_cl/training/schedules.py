@@ -16,7 +16,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
-__all__ = ["TRI_STAGE", "get_tri_stage_schedule", "make_scheduler", "tri_stage_multiplier"]
+__all__ = ["TRI_STAGE", "describe_schedule", "get_tri_stage_schedule", "make_scheduler", "tri_stage_multiplier"]
 
 #: The `lr_scheduler_type` name of `get_tri_stage_schedule`.
 TRI_STAGE = "tri_stage"
@@ -95,6 +95,31 @@ def get_tri_stage_schedule(
         final_lr_scale=final_lr_scale,
     )
     return LambdaLR(optimizer, multiplier)
+
+
+def describe_schedule(
+    name: str, *, num_warmup_steps: int, num_training_steps: int, scheduler_kwargs: dict[str, Any] | None = None
+) -> tuple[str, int]:
+    """`(schedule, warm-up updates)` as a model card states them: the tri-stage schedule's warm-up is its first phase
+    (`num_warmup_steps` is unused there), so its card names the three phases instead.
+
+    Raises:
+        ValueError: see `tri_stage_multiplier`.
+    """
+    if name != TRI_STAGE:
+        return name, num_warmup_steps
+    kwargs = {
+        "phase_ratio": (0.1, 0.4, 0.5),
+        "init_lr_scale": 0.01,
+        "final_lr_scale": 0.05,
+        **(scheduler_kwargs or {}),
+    }
+    warmup, hold, decay = _phases(num_training_steps, **kwargs)
+    return (
+        f"tri_stage (warm-up {warmup} / hold {hold} / decay {decay} updates; {kwargs['init_lr_scale']:g} -> 1 -> "
+        f"{kwargs['final_lr_scale']:g} x peak)",
+        warmup,
+    )
 
 
 def make_scheduler(

@@ -166,6 +166,9 @@ class Wav2Vec2PretrainingMonitor:
         collapse_perplexity: warn when the codevector perplexity (summed over groups, as transformers computes it)
             stays below this; default `2 * num_codevector_groups`, i.e. about two entries used per codebook.
         patience: consecutive batches under the threshold before warning (after the first `patience` updates).
+        plateau_patience: warn once when the contrastive accuracy stays below twice chance (1 / (num_negatives +
+            1)) for this many consecutive batches: the chance plateau, where every logit is equal and the loss sits
+            at log(num_negatives + 1) while the codevector perplexity may still climb.
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class Wav2Vec2PretrainingMonitor:
         temperature_decay: float = 0.999995,
         collapse_perplexity: float | None = None,
         patience: int = 50,
+        plateau_patience: int = 100,
     ):
         self.max_temperature = max_temperature
         self.min_temperature = min_temperature
@@ -189,6 +193,10 @@ class Wav2Vec2PretrainingMonitor:
         self.collapsed = False
         self._below = 0
         self._calls = 0
+        self.num_negatives = config.num_negatives
+        self.plateau_patience = plateau_patience
+        self.plateau = False
+        self._at_chance = 0
 
     def step(self, model: Any, update: int) -> None:
         """Set the Gumbel temperature of `model` (a `Wav2Vec2ForPreTraining`) for `update`."""
@@ -226,7 +234,29 @@ class Wav2Vec2PretrainingMonitor:
             metrics["contrastive_accuracy"] = contrastive_accuracy(
                 outputs.projected_states, outputs.projected_quantized_states, batch["sampled_negative_indices"], mask
             )
+            self._track_plateau(float(metrics["contrastive_accuracy"]))
         return metrics
+
+    def _track_plateau(self, accuracy: float) -> None:
+        chance = 1.0 / (self.num_negatives + 1)
+        self._at_chance = self._at_chance + 1 if accuracy < 2 * chance else 0
+        if self._at_chance >= self.plateau_patience and not self.plateau:
+            self.plateau = True
+            logger.warning(
+                "Contrastive accuracy has stayed below %.3f (twice chance for %d distractors) for %d batches: wav2vec "
+                "2.0 is on its chance plateau (loss ~ log(%d) = %.2f, every logit equal). On small encoders and "
+                "budgets of hundreds of updates the quantizer spreads its codes over frames to satisfy the diversity "
+                "loss (measured on the tiny preset: consecutive frames sharing a code fell from 16%% at init to 2%% "
+                "after 300 updates), so targets cannot be predicted from context; with --diversity_loss_weight 0 the "
+                "codebook collapses to one code instead. Lower learning rates (2e-4), a normal codebook init and a "
+                "diversity weight of 0.02 did not leave it either (README, wav2vec 2.0 plateau). It needs far more "
+                "updates, or an objective whose targets do not move (HuBERT).",
+                2 * chance,
+                self.num_negatives,
+                self.plateau_patience,
+                self.num_negatives + 1,
+                math.log(self.num_negatives + 1),
+            )
 
     def _track_collapse(self, perplexity: float) -> None:
         self._calls += 1

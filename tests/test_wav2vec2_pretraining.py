@@ -113,6 +113,35 @@ def test_monitor_warns_on_codebook_collapse(caplog):
     assert monitor.collapsed and "collapsed" in caplog.text
 
 
+def test_monitor_warns_once_on_the_chance_plateau_and_not_while_learning(caplog):
+    monitor = Wav2Vec2PretrainingMonitor(tiny_config(num_negatives=3), plateau_patience=4)
+    codes = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]])
+    batch = {"mask_time_indices": torch.ones(1, 4, dtype=torch.bool)}
+    batch["sampled_negative_indices"] = torch.tensor([[[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]])
+
+    def outputs(predictions):
+        return Wav2Vec2ForPreTrainingOutput(
+            loss=torch.tensor(5.5),
+            contrastive_loss=torch.tensor(5.5),
+            diversity_loss=torch.tensor(0.0),
+            codevector_perplexity=torch.tensor(8.0),
+            projected_states=predictions,
+            projected_quantized_states=codes,
+        )
+
+    learning, plateau = outputs(codes), outputs(torch.tensor([0.0, 0.0, 1.0]).expand(1, 4, 3))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            monitor.metrics(plateau, batch)
+        monitor.metrics(learning, batch)  # one good batch resets the count
+        for _ in range(3):
+            monitor.metrics(plateau, batch)
+        assert not monitor.plateau and "chance plateau" not in caplog.text
+        for _ in range(3):
+            monitor.metrics(plateau, batch)
+    assert monitor.plateau and caplog.text.count("chance plateau") == 1
+
+
 def test_setup_check_rejects_clips_too_short_to_mask():
     model = Wav2Vec2ForPreTraining(tiny_config(mask_time_length=10))
     # 10 frames need (10-1)*2*5 + ... samples; 50 samples give 4 frames

@@ -44,8 +44,8 @@ Presets (`--preset`):
 - `cpu`: the compute-shaped `cpu` encoder (5.8 M parameters, `hf_speech_cl.presets`), pretraining on the 10-h
   `large` configuration of `synthetic-librispeech` (400 updates of 8 x 4 s: 3.6 h of audio per objective), ASR
   fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until validation CER stops
-  improving (2 evaluations of every 100 updates without a lower one, cap 600; the best update's model scored), the
-  phone probe of every pretrained encoder and the PNMI of HuBERT's labels in the report. Planned for <= 2 h on 2
+  improving (2 evaluations of every 100 updates without a lower one, cap 500; the best update's model scored), the
+  phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in the report. Planned for <= 2 h on 2
   cores from per-update costs (`benchmarks/results/front_end_share.md`); not run yet.
 - `gpu`: the `small` encoder (5 M parameters), 10 h of synthetic speech, 10k pretraining updates of 32 x 4 s, 3000
   ASR updates, bf16, 3 seeds; needs CUDA. Not run on a GPU when written: a starting point, not a measured budget.
@@ -162,6 +162,9 @@ class Preset:
         logging_steps: logging interval of the recipes (updates).
         needs_cuda: refuse to run without a CUDA device.
         hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora).
+        pretrain_flags: extra flags of every pretraining recipe. The cpu preset probes 3 of the 7 hidden layers
+            (`--phone_probe_layers 0,3,6`: Transformer input, middle, last): the probe's 15 L-BFGS fits over all
+            layers, the random encoder's and MFCC took 17 of a SimCLR run's 35 minutes on a loaded 2-core machine.
         asr_flags: extra flags of every `recipes/finetune_asr.py` run.
         corpus_configs: named size per offline corpus (`--dataset_config`, `CORPUS_CONFIGS`), e.g. `large`.
         asr_eval_steps: with `early_stopping_patience`, validation CER every this many ASR updates.
@@ -196,6 +199,7 @@ class Preset:
     logging_steps: int = 10
     needs_cuda: bool = False
     hubert_flags: tuple[str, ...] = ()
+    pretrain_flags: tuple[str, ...] = ()
     asr_flags: tuple[str, ...] = ()
     corpus_configs: dict[str, str] = field(default_factory=dict)
     asr_eval_steps: int | None = None
@@ -262,8 +266,9 @@ PRESETS: dict[str, Preset] = {
         pretrain_batch_size=8,
         pretrain_crop_s=4.0,
         pretrain_eval_samples=64,
+        pretrain_flags=("--phone_probe_layers", "0,3,6"),
         label_minutes=(10.0, 60.0),
-        asr_updates=600,
+        asr_updates=500,
         asr_batch_size=8,
         asr_eval_steps=100,
         asr_eval_samples=100,
@@ -365,6 +370,7 @@ def pretraining_run(preset: Preset, objective: str) -> SubRun:
     argv = [
         *_common(preset, updates, preset.pretrain_seed, updates // 4),
         *flags,
+        *preset.pretrain_flags,
         "--per_device_train_batch_size", str(preset.pretrain_batch_size),
         "--max_train_crop_s", str(preset.pretrain_crop_s),
         "--max_eval_samples", str(preset.pretrain_eval_samples),
@@ -1000,7 +1006,7 @@ def smoke_version(preset: Preset) -> Preset:
         "model_size", "corpus_kwargs", "corpus_configs", "pretrain_updates", "pretrain_batch_size",
         "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples",
         "cls_updates", "cls_batch_size", "mixed_precision", "dataloader_num_workers", "eval_batch_size",
-        "logging_steps", "needs_cuda", "hubert_flags",
+        "logging_steps", "needs_cuda", "hubert_flags", "pretrain_flags",
     )  # fmt: skip
     label_minutes = smoke.label_minutes[: len(preset.label_minutes)]
     single = tuple(label_minutes[preset.label_minutes.index(m)] for m in preset.single_seed_minutes)

@@ -47,8 +47,11 @@ Presets (`--preset`):
   improving (2 evaluations of every 100 updates without a lower one, cap 500; the best update's model scored), the
   phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in the report. Planned for <= 2 h on 2
   cores from per-update costs (`benchmarks/results/front_end_share.md`); not run yet.
-- `gpu`: the `small` encoder (5 M parameters), 10 h of synthetic speech, 10k pretraining updates of 32 x 4 s, 3000
-  ASR updates, bf16, 3 seeds; needs CUDA. Not run on a GPU when written: a starting point, not a measured budget.
+- `gpu`: the `gpu` encoder (29 M parameters, the `cpu` shape scaled), the same `large` corpus, 1000 pretraining
+  updates of 32 x 4 s (35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3, cap
+  1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores. Meant to fit 9 minutes on an H200,
+  but its sizes are a guess, not a measurement: no GPU has run it yet. `--preset gpu --smoke` checks its
+  orchestration on a CPU.
 
 Budget of `--preset tiny` (then `cpu`), measured 2026-11-22 on the 2-core AMD EPYC machine (`benchmarks/results/
 label_efficiency.json`): two sub-runs at a time (`jobs=2`), each a process with one torch thread; 47.4 min wall.
@@ -281,23 +284,34 @@ PRESETS: dict[str, Preset] = {
         jobs=2,
     ),
     "gpu": Preset(
-        description="small encoder (5 M parameters), 10 h of synthetic speech, bf16 on one CUDA GPU",
-        model_size="small",
-        corpus_kwargs={LIBRISPEECH: {"train_hours": 10.0}},
-        pretrain_updates=10_000,
+        description=(
+            "gpu encoder (29 M parameters, the cpu shape scaled), pretraining on the 10-h `large` "
+            "synthetic-librispeech, fine-tuning to early stopping on validation CER, bf16, 4 sub-runs at a time on "
+            "one CUDA GPU (sized for <= 9 min on an H200 with 16 cores; not run on one yet)"
+        ),
+        model_size="gpu",
+        corpus_kwargs={},
+        corpus_configs={LIBRISPEECH: "large"},
+        pretrain_updates=1000,
         pretrain_batch_size=32,
         pretrain_crop_s=4.0,
         pretrain_eval_samples=256,
+        pretrain_flags=("--phone_probe_layers", "0,4,8"),
         label_minutes=(10.0, 60.0),
-        asr_updates=3000,
-        asr_batch_size=8,
+        asr_updates=1000,
+        asr_batch_size=16,
+        asr_eval_steps=100,
+        asr_eval_samples=200,
+        early_stopping_patience=3,
+        single_seed_minutes=(60.0,),
         cls_updates=1000,
         cls_batch_size=32,
-        seeds=(0, 1, 2),
+        seeds=(0, 1),
         mixed_precision="bf16",
-        dataloader_num_workers=4,
+        dataloader_num_workers=2,
         eval_batch_size=32,
         logging_steps=50,
+        jobs=4,
         needs_cuda=True,
     ),
 }

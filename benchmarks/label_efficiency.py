@@ -165,9 +165,8 @@ class Preset:
         logging_steps: logging interval of the recipes (updates).
         needs_cuda: refuse to run without a CUDA device.
         hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora).
-        pretrain_flags: extra flags of every pretraining recipe. The cpu preset probes 3 of the 7 hidden layers
-            (`--phone_probe_layers 0,3,6`: Transformer input, middle, last): the probe's 15 L-BFGS fits over all
-            layers, the random encoder's and MFCC took 17 of a SimCLR run's 35 minutes on a loaded 2-core machine.
+        pretrain_flags: extra flags of every pretraining recipe (e.g. `--phone_probe_layers all`; the probe's
+            default is the Transformer's input, middle and last layer).
         asr_flags: extra flags of every `recipes/finetune_asr.py` run.
         corpus_configs: named size per offline corpus (`--dataset_config`, `CORPUS_CONFIGS`), e.g. `large`.
         asr_eval_steps: with `early_stopping_patience`, validation CER every this many ASR updates.
@@ -269,7 +268,6 @@ PRESETS: dict[str, Preset] = {
         pretrain_batch_size=8,
         pretrain_crop_s=4.0,
         pretrain_eval_samples=64,
-        pretrain_flags=("--phone_probe_layers", "0,3,6"),
         label_minutes=(10.0, 60.0),
         asr_updates=500,
         asr_batch_size=8,
@@ -296,7 +294,6 @@ PRESETS: dict[str, Preset] = {
         pretrain_batch_size=32,
         pretrain_crop_s=4.0,
         pretrain_eval_samples=256,
-        pretrain_flags=("--phone_probe_layers", "0,4,8"),
         label_minutes=(10.0, 60.0),
         asr_updates=1000,
         asr_batch_size=16,

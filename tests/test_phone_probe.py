@@ -47,8 +47,13 @@ def test_frame_timing_is_the_centre_of_each_frames_window():
     assert timing == FrameTiming(rate=50.0, offset=0.0125)
     assert mfcc_frame_timing(16000) == FrameTiming(rate=100.0, offset=0.0125)
     assert resolve_layers("all", 2) == [0, 1, 2] and resolve_layers("middle", 12) == [6]
+    # the default mixes an index with names; repeats collapse (a 2-layer encoder's middle is 1)
+    assert resolve_layers("0,middle,last", 6) == [0, 3, 6] and resolve_layers("0,middle,last", 1) == [0, 1]
+    assert resolve_layers("last, 2 ,all", 3) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="outside 0..2"):
         resolve_layers("3", 2)
+    with pytest.raises(ValueError, match="all, last, middle or integers"):
+        resolve_layers("0,mid", 2)
 
 
 def test_frames_take_the_phone_at_their_centre():

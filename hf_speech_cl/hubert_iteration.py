@@ -234,7 +234,7 @@ class HubertArguments:
             "α = 0.5) and no feature penalty (it shrank the tiny model's conv features 100-fold): with the paper's "
             "settings the tiny model learned nothing in a CPU budget (masked accuracy 4.4%% after 300 updates, PNMI of its "
             "layer-1 units no better than an untrained model's), see the README. `auto`: `cpu` for the tiny "
-            "preset, `paper` otherwise. --config_overrides still wins."
+            "and cpu presets (sized for CPU budgets), `paper` otherwise. --config_overrides still wins."
         },
     )
     config_overrides: str | None = field(
@@ -499,7 +499,7 @@ def build_config(
     size = model_size_of(hubert_args, init_config)
     objective = hubert_args.objective
     if objective == "auto":
-        objective = "cpu" if size == "tiny" else "paper"
+        objective = "cpu" if size in ("tiny", "cpu") else "paper"
     encoder = encoder_architecture(init_config) if init_config is not None else {}
     if hubert_args.model_size or init_config is None:  # a preset, over the checkpoint's other fields (conv_bias, ...)
         encoder.update(encoder_preset(size))

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Objective defaults per size preset. `base` = the paper's BASE (Baevski et al. 2020 §4.2: mask probability 0.65,
 #: span 10, K=100 distractors, G=2 codebooks of V=320 entries, diversity weight alpha=0.1, kappa=0.1). Smaller presets
-#: see 2–4 s clips of 100–200 frames, so they use fewer distractors and entries.
+#: see 2–4 s clips of 100–200 frames, so they use fewer distractors and entries: `cpu` (a 6 x 256 Transformer, 4 s
+#: crops) takes `small`'s (K=50, 2 x 160 entries of 128 dimensions), `gpu` (8 x 512) BASE's.
 WAV2VEC2_PRETRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "base": {
         "mask_time_prob": 0.65,
@@ -73,6 +74,8 @@ WAV2VEC2_PRETRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "contrastive_logits_temperature": 0.1,
     },
 }
+WAV2VEC2_PRETRAINING_DEFAULTS["cpu"] = dict(WAV2VEC2_PRETRAINING_DEFAULTS["small"])
+WAV2VEC2_PRETRAINING_DEFAULTS["gpu"] = dict(WAV2VEC2_PRETRAINING_DEFAULTS["base"])
 
 
 def gumbel_temperature(
@@ -169,6 +172,8 @@ class Wav2Vec2PretrainingMonitor:
         plateau_patience: warn once when the contrastive accuracy stays below twice chance (1 / (num_negatives +
             1)) for this many consecutive batches: the chance plateau, where every logit is equal and the loss sits
             at log(num_negatives + 1) while the codevector perplexity may still climb.
+        warmup_steps: batches of updates up to this one (set by `step`) are not counted for the plateau: during
+            the learning-rate warm-up accuracy near chance is expected (fairseq's BASE warms up for 32k updates).
     """
 
     def __init__(
@@ -181,6 +186,7 @@ class Wav2Vec2PretrainingMonitor:
         collapse_perplexity: float | None = None,
         patience: int = 50,
         plateau_patience: int = 100,
+        warmup_steps: int = 0,
     ):
         self.max_temperature = max_temperature
         self.min_temperature = min_temperature
@@ -197,9 +203,12 @@ class Wav2Vec2PretrainingMonitor:
         self.plateau_patience = plateau_patience
         self.plateau = False
         self._at_chance = 0
+        self.warmup_steps = warmup_steps
+        self._update = 0
 
     def step(self, model: Any, update: int) -> None:
         """Set the Gumbel temperature of `model` (a `Wav2Vec2ForPreTraining`) for `update`."""
+        self._update = update
         self.temperature = gumbel_temperature(
             update, self.max_temperature, self.min_temperature, self.temperature_decay
         )
@@ -239,6 +248,9 @@ class Wav2Vec2PretrainingMonitor:
 
     def _track_plateau(self, accuracy: float) -> None:
         chance = 1.0 / (self.num_negatives + 1)
+        if self._update <= self.warmup_steps:  # near chance is expected while the learning rate warms up
+            self._at_chance = 0
+            return
         self._at_chance = self._at_chance + 1 if accuracy < 2 * chance else 0
         if self._at_chance >= self.plateau_patience and not self.plateau:
             self.plateau = True

@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         max_temperature=model_args.max_gumbel_temperature,
         min_temperature=model_args.min_gumbel_temperature,
         temperature_decay=model_args.gumbel_temperature_decay,
+        warmup_steps=args.num_warmup_steps,
     )
     result = train(
         model,

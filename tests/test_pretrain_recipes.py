@@ -194,3 +194,17 @@ def test_simclr_recipe_runs_on_two_cpu_processes(tmp_path, tiny_corpus_args):
     # 2 processes x 4 clips: each anchor has 2*8-2 = 14 negatives, so the loss starts near log(15), not log(7)
     first = [r for r in read_metrics(out / "logs") if "loss" in r][0]
     assert first["loss"] > 2.3, first
+
+
+def test_the_cpu_and_gpu_presets_get_objective_settings_sized_for_them():
+    # A preset missing from the tables silently fell back to BASE's objective (wav2vec 2.0: K=100 and 2 x 320 codes
+    # of 256 dimensions on a 6 x 256 encoder) and HuBERT's `auto` to the paper's loss, which learned nothing on CPU.
+    from hf_speech_cl.hubert_iteration import HubertArguments, build_config
+
+    w2v = load_recipe("pretrain_wav2vec2")
+    cpu = w2v.build_config(w2v.Wav2Vec2Arguments(model_size="cpu"))
+    assert (cpu.num_negatives, cpu.num_codevectors_per_group, cpu.codevector_dim) == (50, 160, 128)
+    assert w2v.build_config(w2v.Wav2Vec2Arguments(model_size="gpu")).num_negatives == 100
+    hubert = {size: build_config(HubertArguments(model_size=size), 100, 100.0, 16000) for size in ("cpu", "gpu")}
+    assert hubert["cpu"].pred_nomask_weight == 1.0 and hubert["cpu"].feature_penalty_weight == 0.0
+    assert hubert["gpu"].pred_nomask_weight == 0.0 and hubert["gpu"].feature_penalty_weight == 10.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import types
 
 import pytest
 import torch
@@ -114,7 +115,7 @@ def test_monitor_warns_on_codebook_collapse(caplog):
 
 
 def test_monitor_warns_once_on_the_chance_plateau_and_not_while_learning(caplog):
-    monitor = Wav2Vec2PretrainingMonitor(tiny_config(num_negatives=3), plateau_patience=4)
+    monitor = Wav2Vec2PretrainingMonitor(tiny_config(num_negatives=3), plateau_patience=4, warmup_steps=2)
     codes = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]])
     batch = {"mask_time_indices": torch.ones(1, 4, dtype=torch.bool)}
     batch["sampled_negative_indices"] = torch.tensor([[[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]])
@@ -130,7 +131,14 @@ def test_monitor_warns_once_on_the_chance_plateau_and_not_while_learning(caplog)
         )
 
     learning, plateau = outputs(codes), outputs(torch.tensor([0.0, 0.0, 1.0]).expand(1, 4, 3))
+    model = types.SimpleNamespace(set_gumbel_temperature=lambda t: None)
     with caplog.at_level(logging.WARNING):
+        for update in (1, 2):  # the warm-up: chance accuracy is not counted
+            monitor.step(model, update)
+            for _ in range(3):
+                monitor.metrics(plateau, batch)
+        assert not monitor.plateau
+        monitor.step(model, 3)
         for _ in range(3):
             monitor.metrics(plateau, batch)
         monitor.metrics(learning, batch)  # one good batch resets the count

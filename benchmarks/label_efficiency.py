@@ -435,19 +435,19 @@ def finetuning_run(preset: Preset, objective: str, task: str, seed: int, minutes
 
 
 def plan_runs(preset: Preset, objectives: list[str], tasks: list[str], seeds: list[int]) -> list[SubRun]:
-    """Every sub-run, pretraining first (the fine-tunes need its output), each task's runs grouped."""
+    """Every sub-run, pretraining first (the fine-tunes need its output), each task's runs grouped; ASR in rounds of
+    one (label amount, seed) for every objective (10 min seed 0, 10 min seed 1, ..., 60 min seed 0), so a benchmark
+    stopped early still compares every objective on the rounds it finished."""
     runs = [pretraining_run(preset, o) for o in objectives if OBJECTIVES[o] is not None]
     for task in tasks:
+        if task == "asr":
+            for m in preset.label_minutes:
+                for seed in seeds[:1] if m in preset.single_seed_minutes else seeds:
+                    runs += [finetuning_run(preset, objective, task, seed, m) for objective in objectives]
+            continue
         for objective in objectives:
             for seed in seeds:
-                if task == "asr":
-                    runs += [
-                        finetuning_run(preset, objective, task, seed, m)
-                        for m in preset.label_minutes
-                        if m not in preset.single_seed_minutes or seed == seeds[0]
-                    ]
-                else:
-                    runs.append(finetuning_run(preset, objective, task, seed))
+                runs.append(finetuning_run(preset, objective, task, seed))
     return runs
 
 

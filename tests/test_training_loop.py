@@ -324,3 +324,18 @@ def test_resume_refuses_checkpoints_of_another_model(tmp_path):
     run(make_args(tmp_path, max_steps=4, save_steps=4))
     with pytest.raises(ValueError, match="checkpoints of a ToyModel run.*trains a OtherModel"):
         run(make_args(tmp_path, max_steps=8, save_steps=4), model=OtherModel())
+
+
+def test_resume_refuses_checkpoints_of_another_size_of_the_same_model(tmp_path):
+    # Same class, other shape (e.g. a run started without --model_size on a CUDA host, resumed on a CPU one): the
+    # parameter count names the mismatch before accelerate's load_state fails on the first tensor.
+    class WideModel(ToyModel):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Linear(4, 4)
+
+    run(make_args(tmp_path, max_steps=4, save_steps=4), model=WideModel())
+    wide = WideModel()
+    wide.extra = torch.nn.Linear(8, 8)
+    with pytest.raises(ValueError, match="model with 22 parameters.*one with 74.*--model_size"):
+        run(make_args(tmp_path, max_steps=8, save_steps=4), model=wide)

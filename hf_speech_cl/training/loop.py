@@ -489,6 +489,7 @@ def train(
         "skipped_batches": 0,
         "first_metrics": {},
         "model_class": type(accelerator.unwrap_model(model)).__name__,
+        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         # best model / early stopping (`_track_best`); last_eval_step: the update of the last tracked evaluation
         "best_metric": None,
         "best_step": None,
@@ -504,6 +505,14 @@ def train(
                 f"{output_dir} holds checkpoints of a {saved['model_class']} run ({resumed_from.name}); this run "
                 f"trains a {state['model_class']}: pick another --output_dir, or pass --resume false to start over "
                 "(which deletes those checkpoints)"
+            )
+        if saved.get("num_parameters", state["num_parameters"]) != state["num_parameters"]:
+            raise ValueError(
+                f"{output_dir} holds checkpoints of a model with {saved['num_parameters']:,} parameters "
+                f"({resumed_from.name}); this run builds one with {state['num_parameters']:,}: a different "
+                "--model_size or config? Without --model_size the preset is the machine's (cpu without CUDA, gpu "
+                "with it), so pass the run's own --model_size to resume it, pick another --output_dir, or pass "
+                "--resume false to start over (which deletes those checkpoints)"
             )
         with _quiet_accelerate_checkpointing():
             accelerator.load_state(str(resumed_from))

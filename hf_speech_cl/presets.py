@@ -93,14 +93,16 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def default_model_size() -> str:
-    """The preset a recipe builds when no `--model_size` (and no checkpoint) is given: `gpu` where CUDA is available,
-    else `cpu` — the compute-shaped presets, whose front end costs no more than their Transformer on that hardware.
+    """The preset a recipe builds when no `--model_size` (and no checkpoint) is given: `gpu` where CUDA is available
+    and the run is not forced onto the CPU (`accelerate launch --cpu` sets `ACCELERATE_USE_CPU`), else `cpu` — the
+    compute-shaped presets, whose front end costs no more than their Transformer on that hardware.
 
     `tiny` stays available (`--model_size tiny`) for tests and quick checks; `base` is the papers' BASE model.
     """
     import torch
+    from accelerate.utils import parse_flag_from_env
 
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    return "gpu" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU") else "cpu"
 
 
 def encoder_preset(name: str, **overrides: Any) -> dict[str, Any]:

@@ -442,7 +442,10 @@ def test_without_a_model_size_the_compute_shaped_preset_of_the_machine_is_built(
     assert model.config.conv_dim == list(encoder_preset("cpu")["conv_dim"])
     assert model.config.num_hidden_layers == encoder_preset("cpu")["num_hidden_layers"] == 6
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     assert default_model_size() == "gpu"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # what `accelerate launch --cpu` sets
+    assert default_model_size() == "cpu"
 
 
 def test_bad_checkpoints(tmp_path):

@@ -145,17 +145,18 @@ def contrastive_accuracy(
             collator draws them (`_sample_negative_indices`).
         mask_time_indices: (batch, frames) bool/int, the masked frames that are scored.
     """
-    batch_size, frames, dim = projected_quantized_states.shape
-    flat = projected_quantized_states.reshape(-1, dim).float()
-    negatives = flat[sampled_negative_indices.long().reshape(-1)].view(batch_size, frames, -1, dim)
-    candidates = torch.cat([projected_quantized_states.float().unsqueeze(2), negatives], dim=2)  # (B, T, K+1, D)
-    logits = torch.cosine_similarity(projected_states.float().unsqueeze(2), candidates, dim=-1)
-    same = (negatives == projected_quantized_states.float().unsqueeze(2)).all(-1)  # a distractor equal to the target
-    logits[..., 1:] = logits[..., 1:].masked_fill(same, float("-inf"))
+    dim = projected_quantized_states.shape[-1]
     masked = mask_time_indices.bool()
-    logits = logits[masked]
-    if logits.numel() == 0:
-        return torch.zeros((), device=logits.device)
+    if not masked.any():
+        return torch.zeros((), device=projected_states.device)
+    # only the masked frames' candidates: (M, K+1, D), not every frame's, since this runs before backward
+    flat = projected_quantized_states.reshape(-1, dim).float()
+    targets = projected_quantized_states[masked].float()  # (M, D)
+    negatives = flat[sampled_negative_indices[masked].long()]  # (M, K, D)
+    candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)
+    logits = torch.cosine_similarity(projected_states[masked].float().unsqueeze(1), candidates, dim=-1)  # (M, K+1)
+    same = (negatives == targets.unsqueeze(1)).all(-1)  # a distractor equal to the target
+    logits[:, 1:] = logits[:, 1:].masked_fill(same, float("-inf"))
     wins = (logits.argmax(-1) == 0) & ~(logits.argmin(-1) == 0)  # fairseq: max & not (max and min at once)
     return wins.float().mean()
 

@@ -45,11 +45,11 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
         and data["seeds"] == [0, 1]
         and data["hardware"]["torch"]
     )
-    assert [r["name"] for r in data["runs"]] == [
+    assert [r["name"] for r in data["runs"]] == [  # ASR in rounds: every objective at one seed, then the next
         "pretrain-wav2vec2",
         "asr-none-0.5min-seed0",
-        "asr-none-0.5min-seed1",
         "asr-wav2vec2-0.5min-seed0",
+        "asr-none-0.5min-seed1",
         "asr-wav2vec2-0.5min-seed1",
     ]
     objectives = data["summary"]["objectives"]

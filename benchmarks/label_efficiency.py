@@ -752,7 +752,9 @@ def markdown_report(payload: dict[str, Any]) -> str:
     summary, preset = payload["summary"], payload["preset_settings"]
     minutes = [f"{m:g}" for m in preset["label_minutes"]]
     head = ["objective", "pretraining (updates / audio h)"]
-    head += [f"{name} {m} min" for m in minutes for name in ("WER", "CER")] + ["keyword acc.", "prosody acc."]
+    probes = [t for t in ("keyword_spotting", "prosody") if t in payload.get("tasks", TASKS)]  # columns of tasks run
+    head += [f"{name} {m} min" for m in minutes for name in ("WER", "CER")]
+    head += [{"keyword_spotting": "keyword acc.", "prosody": "prosody acc."}[t] for t in probes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for objective, entry in summary["objectives"].items():
         pre = entry["pretraining"]
@@ -760,8 +762,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
         for m in minutes:
             asr = entry["asr"].get(m, {})
             cells += [_fmt(asr.get("wer"), 100), _fmt(asr.get("cer"), 100)]
-        cells += [_fmt((entry["keyword_spotting"] or {}).get("accuracy"), 100)]
-        cells += [_fmt((entry["prosody"] or {}).get("accuracy"), 100)]
+        cells += [_fmt((entry[t] or {}).get("accuracy"), 100) for t in probes]
         lines.append("| " + " | ".join(cells) + " |")
     # Greedy CTC output stays empty (WER = CER = 100%) until a model leaves the blank-only plateau; the test CTC loss
     # (per character) moves before that and still ranks the objectives.
@@ -812,8 +813,13 @@ def markdown_report(payload: dict[str, Any]) -> str:
             "",
             f"{preset_line(payload)}. Test split of the offline corpora (unseen speakers and sentences); mean ± "
             f"sample standard deviation over seeds {seeds} (per-seed values in `{payload['name']}.json`), in %. "
-            "WER/CER: full CTC fine-tuning on the labeled minutes, greedy decoding, no language model. Keyword "
-            "spotting (12 classes) and prosody (4 classes): frozen-encoder probe (SUPERB), whole train split.",
+            "WER/CER: full CTC fine-tuning on the labeled minutes, greedy decoding, no language model."
+            + (
+                " Keyword spotting (12 classes) and prosody (4 classes): frozen-encoder probe (SUPERB), whole train "
+                "split."
+                if probes
+                else ""
+            ),
             "",
             *lines,
             "",
@@ -829,7 +835,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
             "",
             *diag_lines,
             "",
-            f"Target (≥ {100 * TARGET_RELATIVE_REDUCTION:.0f}% lower relative test WER than no pretraining at "
+            f"Target (≥ {100 * TARGET_RELATIVE_REDUCTION:.0f}% lower relative test WER or CER than no pretraining at "
             f"{target['label_minutes']:g} minutes of labels): " + ("; ".join(verdicts) or "not measured") + ".",
             "",
             f"Hardware: {device}, torch {hw.get('torch')}, {payload.get('jobs', 1)} sub-run(s) at a time with "
@@ -854,7 +860,8 @@ def preset_line(payload: dict[str, Any]) -> str:
         f"{p['pretrain_batch_size']} clips cropped to {p['pretrain_crop_s']:g} s (HuBERT: "
         f"{p['pretrain_updates'] // 2} per iteration, 2 iterations)"
         + (f" on `{LIBRISPEECH}` `{corpus}`" if corpus else "")
-        + f"; fine-tuning {asr}, {p['cls_updates']} updates (probes)"
+        + f"; fine-tuning {asr}"
+        + (f", {p['cls_updates']} updates (probes)" if set(payload.get("tasks", TASKS)) - {"asr"} else "")
     )
 
 

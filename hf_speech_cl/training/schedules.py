@@ -16,19 +16,28 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
-__all__ = ["TRI_STAGE", "describe_schedule", "get_tri_stage_schedule", "make_scheduler", "tri_stage_multiplier"]
+__all__ = [
+    "TRI_STAGE",
+    "TRI_STAGE_DEFAULTS",
+    "describe_schedule",
+    "get_tri_stage_schedule",
+    "make_scheduler",
+    "tri_stage_multiplier",
+]
 
 #: The `lr_scheduler_type` name of `get_tri_stage_schedule`.
 TRI_STAGE = "tri_stage"
+#: Its arguments' defaults (fairseq `base_10m.yaml` and `TriStageLRSchedule`; see `tri_stage_multiplier`).
+TRI_STAGE_DEFAULTS: dict[str, Any] = {"phase_ratio": (0.1, 0.4, 0.5), "init_lr_scale": 0.01, "final_lr_scale": 0.05}
 
 
 def tri_stage_multiplier(
     step: int,
     *,
     num_training_steps: int,
-    phase_ratio: Sequence[float] = (0.1, 0.4, 0.5),
-    init_lr_scale: float = 0.01,
-    final_lr_scale: float = 0.05,
+    phase_ratio: Sequence[float] = TRI_STAGE_DEFAULTS["phase_ratio"],
+    init_lr_scale: float = TRI_STAGE_DEFAULTS["init_lr_scale"],
+    final_lr_scale: float = TRI_STAGE_DEFAULTS["final_lr_scale"],
 ) -> float:
     """The factor of the peak learning rate at `step` of fairseq's tri-stage schedule.
 
@@ -77,9 +86,9 @@ def get_tri_stage_schedule(
     optimizer: torch.optim.Optimizer,
     num_training_steps: int,
     *,
-    phase_ratio: Sequence[float] = (0.1, 0.4, 0.5),
-    init_lr_scale: float = 0.01,
-    final_lr_scale: float = 0.05,
+    phase_ratio: Sequence[float] = TRI_STAGE_DEFAULTS["phase_ratio"],
+    init_lr_scale: float = TRI_STAGE_DEFAULTS["init_lr_scale"],
+    final_lr_scale: float = TRI_STAGE_DEFAULTS["final_lr_scale"],
 ) -> LambdaLR:
     """A `LambdaLR` following `tri_stage_multiplier` (the optimizer's learning rate is the peak).
 
@@ -108,12 +117,7 @@ def describe_schedule(
     """
     if name != TRI_STAGE:
         return name, num_warmup_steps
-    kwargs = {
-        "phase_ratio": (0.1, 0.4, 0.5),
-        "init_lr_scale": 0.01,
-        "final_lr_scale": 0.05,
-        **(scheduler_kwargs or {}),
-    }
+    kwargs = {**TRI_STAGE_DEFAULTS, **(scheduler_kwargs or {})}
     warmup, hold, decay = _phases(num_training_steps, **kwargs)
     return (
         f"tri_stage (warm-up {warmup} / hold {hold} / decay {decay} updates; {kwargs['init_lr_scale']:g} -> 1 -> "
@@ -138,7 +142,7 @@ def make_scheduler(
     """
     kwargs = dict(scheduler_kwargs or {})
     if name == TRI_STAGE:
-        unknown = set(kwargs) - {"phase_ratio", "init_lr_scale", "final_lr_scale"}
+        unknown = set(kwargs) - set(TRI_STAGE_DEFAULTS)
         if unknown:
             raise ValueError(
                 f"lr_scheduler_kwargs {sorted(unknown)} are not arguments of the tri-stage schedule (phase_ratio, "

@@ -42,11 +42,12 @@ Presets (`--preset`):
 - `tiny`: the `tiny` encoder on the default corpora, fixed budgets; 47 minutes on 2 CPU cores (budget below; it was
   called `cpu` when measured, `benchmarks/results/label_efficiency_tiny.*`).
 - `cpu`: the compute-shaped `cpu` encoder (5.8 M parameters, `hf_speech_cl.presets`), pretraining on the 10-h
-  `large` configuration of `synthetic-librispeech` (400 updates of 8 x 4 s: 3.6 h of audio per objective), ASR
-  fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until validation CER stops
-  improving (2 evaluations of every 100 updates without a lower one, cap 500; the best update's model scored), the
-  phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in the report. Planned for <= 2 h on 2
-  cores from per-update costs (`benchmarks/results/front_end_share.md`); not run yet.
+  `large` configuration of `synthetic-librispeech` (400 updates of 8 clips cropped to at most 4 s: 2.6 h of audio
+  per objective), ASR fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until
+  validation CER stops improving (2 evaluations of every 100 updates without a lower one, cap 500; the best update's
+  model scored), the phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in
+  the report. Measured 2026-12-03 with `--tasks asr`: 170 min wall on 2 cores (about 40 of them shared with a test
+  run), 312.6 min of sub-runs; `benchmarks/results/label_efficiency.*`.
 - `gpu`: the `gpu` encoder (29 M parameters, the `cpu` shape scaled), the same `large` corpus, 1000 pretraining
   updates of 32 x 4 s (35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3, cap
   1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores. Meant to fit 9 minutes on an H200,
@@ -285,7 +286,7 @@ PRESETS: dict[str, Preset] = {
         description=(
             "gpu encoder (29 M parameters, the cpu shape scaled), pretraining on the 10-h `large` "
             "synthetic-librispeech, fine-tuning to early stopping on validation CER, bf16, 4 sub-runs at a time on "
-            "one CUDA GPU (sized for <= 9 min on an H200 with 16 cores; not run on one yet)"
+            "one CUDA GPU (meant for <= 9 min on an H200 with 16 cores; sizes a guess, not run on one yet)"
         ),
         model_size="gpu",
         corpus_kwargs={},
@@ -925,8 +926,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="cpu",
         help="Sizes: smoke (tiny corpora, a few updates, minutes), tiny (tiny encoder, default corpora, 47 min on 2 "
-        "cores, measured), cpu (cpu encoder, 10-h corpus for pretraining, early-stopped fine-tuning; planned for <= 2 "
-        "h on 2 cores), gpu (bf16; needs CUDA). Default: cpu.",
+        "cores, measured), cpu (cpu encoder, 10-h corpus for pretraining, early-stopped fine-tuning; ASR only: 170 "
+        "min on 2 cores, measured), gpu (bf16; needs CUDA; not run yet). Default: cpu.",
     )  # fmt: skip
     parser.add_argument(
         "--objectives", default=",".join(OBJECTIVES),

@@ -172,6 +172,9 @@ class Preset:
         corpus_configs: named size per offline corpus (`--dataset_config`, `CORPUS_CONFIGS`), e.g. `large`.
         asr_eval_steps: with `early_stopping_patience`, validation CER every this many ASR updates.
         asr_eval_samples: validation utterances scored at each of those evaluations (None: all).
+        asr_min_updates: with `early_stopping_patience`, no ASR fine-tune stops before this update
+            (`--early_stopping_min_steps`): CTC sits on a plateau of blanks and common characters for hundreds of
+            updates, and a pretrained encoder is frozen for the first quarter, so an early best says little.
         early_stopping_patience: ASR fine-tunes stop after this many evaluations without a lower validation CER
             and the best update's model is scored on the test split (`asr_updates` is then the cap). None: a fixed
             budget of `asr_updates`, the last model scored.
@@ -208,6 +211,7 @@ class Preset:
     asr_eval_steps: int | None = None
     asr_eval_samples: int | None = None
     early_stopping_patience: int | None = None
+    asr_min_updates: int = 0
     single_seed_minutes: tuple[float, ...] = ()
     jobs: int = 1
 
@@ -233,6 +237,7 @@ PRESETS: dict[str, Preset] = {
         asr_eval_steps=1,
         asr_eval_samples=4,
         early_stopping_patience=1,
+        asr_min_updates=2,
         single_seed_minutes=(1.0,),
         cls_updates=2,
         cls_batch_size=8,
@@ -275,6 +280,7 @@ PRESETS: dict[str, Preset] = {
         asr_eval_steps=100,
         asr_eval_samples=100,
         early_stopping_patience=2,
+        asr_min_updates=300,
         single_seed_minutes=(60.0,),
         cls_updates=200,
         cls_batch_size=8,
@@ -301,6 +307,7 @@ PRESETS: dict[str, Preset] = {
         asr_eval_steps=100,
         asr_eval_samples=200,
         early_stopping_patience=3,
+        asr_min_updates=500,
         single_seed_minutes=(60.0,),
         cls_updates=1000,
         cls_batch_size=32,
@@ -407,6 +414,7 @@ def finetuning_run(preset: Preset, objective: str, task: str, seed: int, minutes
                 "--eval_steps", str(preset.asr_eval_steps),
                 "--metric_for_best_model", "cer",
                 "--early_stopping_patience", str(preset.early_stopping_patience),
+                "--early_stopping_min_steps", str(preset.asr_min_updates),
                 "--load_best_model_at_end",
             ]  # fmt: skip
             if preset.asr_eval_samples:
@@ -854,7 +862,9 @@ def preset_line(payload: dict[str, Any]) -> str:
     if p.get("early_stopping_patience"):
         asr = (
             f"ASR until validation CER stopped improving ({p['early_stopping_patience']} evaluations of every "
-            f"{p['asr_eval_steps']} updates without a lower one; cap {p['asr_updates']}; the best update scored)"
+            f"{p['asr_eval_steps']} updates without a lower one"
+            + (f", counted from update {p['asr_min_updates']}" if p.get("asr_min_updates") else "")
+            + f"; cap {p['asr_updates']}; the best update scored)"
         )
     return (
         f"Encoder `{p['model_size']}`; every objective pretrained for {p['pretrain_updates']} updates of "
@@ -1023,7 +1033,7 @@ def smoke_version(preset: Preset) -> Preset:
     smoke = PRESETS["smoke"]
     sizes = (
         "model_size", "corpus_kwargs", "corpus_configs", "pretrain_updates", "pretrain_batch_size",
-        "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples",
+        "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples", "asr_min_updates",
         "cls_updates", "cls_batch_size", "mixed_precision", "dataloader_num_workers", "eval_batch_size",
         "logging_steps", "needs_cuda", "hubert_flags", "pretrain_flags",
     )  # fmt: skip

@@ -145,6 +145,24 @@ def test_threshold_and_nan_follow_transformers_semantics():
     assert _track_best(state, float("nan"), 5, args) == (False, True) and state["best_step"] == 3
 
 
+def test_min_steps_delays_the_patience_count_but_not_the_best_model(tmp_path):
+    # the toy metric improves until update 18 and worsens after: with patience 3 it stops at 24 (the test above);
+    # with no evaluation before update 30 counting, the count starts at 30 and it stops at 34, the best still 18
+    min_steps = 30
+    model, result = run(stopping_args(tmp_path, early_stopping_min_steps=min_steps), eval_fn=WeightDistance())
+    assert result.stopped_early and result.best_step == BEST
+    assert result.global_step == min_steps + (PATIENCE - 1) * EVAL_STEPS
+    # unit level: evaluations that do not improve before the minimum leave the count at 0
+    args = make_args_only(metric_for_best_model="loss", early_stopping_patience=1, early_stopping_min_steps=3)
+    state = {"best_metric": None, "best_step": None, "evaluations_without_improvement": 0}
+    assert [_track_best(state, value, step, args) for step, value in enumerate([0.5, 0.9, 0.9, 0.4], 1)] == [
+        (True, False),
+        (False, False),
+        (False, True),  # update 3 is the first that counts
+        (True, False),
+    ]
+
+
 def make_args_only(**overrides):
     return PretrainingArguments(output_dir="unused", eval_steps=1, **overrides)
 
@@ -170,6 +188,8 @@ def test_load_best_model_defaults_to_the_loss_as_transformers():
         ({"early_stopping_patience": 0, "metric_for_best_model": "cer"}, "early_stopping_patience must be >= 1"),
         ({"early_stopping_threshold": 0.1, "metric_for_best_model": "cer"}, "pass early_stopping_patience too"),
         ({"early_stopping_threshold": -1.0}, "early_stopping_threshold must be >= 0"),
+        ({"early_stopping_min_steps": 10, "metric_for_best_model": "cer"}, "min_steps=10 is only used by early"),
+        ({"early_stopping_min_steps": -1}, "early_stopping_min_steps must be >= 0"),
         ({"greater_is_better": True}, "greater_is_better has no effect without metric_for_best_model"),
         ({"load_best_model_at_end": True, "eval_steps": None}, "load_best_model_at_end needs eval_steps"),
         ({"metric_for_best_model": "eval_"}, "metric_for_best_model must name a metric"),

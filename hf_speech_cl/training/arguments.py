@@ -124,6 +124,17 @@ class PretrainingArguments:
             "(`--resume false` starts over). Default: none (no early stopping)."
         },
     )
+    early_stopping_min_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Evaluations before this update never count towards --early_stopping_patience (the best model "
+            "is still tracked from the first evaluation), so no run stops before it. For a start that says little "
+            "about the end: CTC fine-tuning sits on its blank/common-character plateau for hundreds of updates, "
+            "and a frozen-encoder warm-up (--freeze_transformer_updates) can give a best that full fine-tuning "
+            "first has to regain. Not in transformers' `EarlyStoppingCallback`. Default: 0 (every evaluation "
+            "counts)."
+        },
+    )
     early_stopping_threshold: float = field(
         default=0.0,
         metadata={
@@ -229,6 +240,13 @@ class PretrainingArguments:
                     f"early_stopping_patience={self.early_stopping_patience} needs eval_steps (evaluations during "
                     f"training); got eval_steps={self.eval_steps}, so the only evaluation is the final one"
                 )
+        if self.early_stopping_min_steps < 0:
+            raise ValueError(f"early_stopping_min_steps must be >= 0, got {self.early_stopping_min_steps}")
+        if self.early_stopping_min_steps and self.early_stopping_patience is None:
+            raise ValueError(
+                f"early_stopping_min_steps={self.early_stopping_min_steps} is only used by early stopping: pass "
+                "early_stopping_patience too"
+            )
         if self.early_stopping_threshold < 0:
             raise ValueError(f"early_stopping_threshold must be >= 0, got {self.early_stopping_threshold}")
         if self.early_stopping_threshold and self.early_stopping_patience is None:

@@ -41,7 +41,8 @@ with transformers' `Trainer._determine_best_metric` / `EarlyStoppingCallback` se
 new best and its weights are written to `output_dir/best_model/` (`save_pretrained` of the unwrapped model into a
 temporary folder, renamed when complete; main process, the others wait). An evaluation that does not beat the best
 by more than `early_stopping_threshold` counts as one without improvement; after `early_stopping_patience` of them
-in a row every process stops at the same update (the decision is taken from process 0's metric, broadcast). A
+in a row every process stops at the same update (the decision is taken from process 0's metric, broadcast);
+evaluations before `early_stopping_min_steps` do not count (ours: a plateau at the start is no sign of the end). A
 separate folder rather than a protected `checkpoint-{k}`: evaluations need not fall on save steps, a checkpoint
 carries the optimizer state (about 3x the weights) and rotation stays simple, and `best_model/` loads with
 `from_pretrained`. The best value, its update, the count and whether training stopped are in `trainer_state.json`
@@ -873,6 +874,7 @@ def _track_best(state: dict[str, Any], value: float, step: int, args: Pretrainin
     As transformers: the best is replaced by a strictly better value (`Trainer._determine_best_metric`; NaN never
     is), and the count restarts only when the value beats the previous best by more than
     `args.early_stopping_threshold` (`EarlyStoppingCallback.check_metric_value`; the first evaluation always does).
+    Evaluations before `args.early_stopping_min_steps` (ours) never add to the count.
 
     Returns:
         `(improved, stop)`: a new best; the count reached `args.early_stopping_patience`.
@@ -886,6 +888,8 @@ def _track_best(state: dict[str, Any], value: float, step: int, args: Pretrainin
         improved = value > best if args.greater_is_better else value < best
     if improved and (best is None or abs(value - best) > args.early_stopping_threshold):
         state["evaluations_without_improvement"] = 0
+    elif step < args.early_stopping_min_steps:
+        pass  # before --early_stopping_min_steps nothing counts towards the patience
     else:
         state["evaluations_without_improvement"] += 1
     if improved:

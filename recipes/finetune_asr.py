@@ -144,7 +144,7 @@ class ASRArguments:
         metadata={
             "help": "Updates at the start during which the whole encoder is frozen and only the output layer trains "
             "(fairseq freeze_finetune_updates: 10000 of 13000 updates for 10 min/1 h of labels, 0 for 100 h). "
-            "Default: 0 without pretraining, else a quarter of --max_steps."
+            "Default: 0 without pretraining, else a quarter of --max_steps. With --early_stopping_patience, evaluations of these updates do not count towards it."
         },
     )
     mask_time_prob: float = field(
@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         probe=model_args.probe,
         freeze_feature_encoder=model_args.freeze_feature_encoder,
         freeze_transformer_updates=freeze_updates,
+        training_args=args,
     )
     logger.info("Parameters: %s", parameter_summary(model))
     count_ctc_infeasible(model, getattr(splits["train"], "lengths", []), transcripts["train"], tokenizer)

@@ -137,7 +137,7 @@ class ClassificationArguments:
         default=0,
         metadata={
             "help": "Updates at the start during which the whole encoder is frozen and only the head trains "
-            "(fairseq freeze_finetune_updates). Default: 0."
+            "(fairseq freeze_finetune_updates). Default: 0. With --early_stopping_patience, evaluations of these updates do not count towards it."
         },
     )
     mask_time_prob: float = field(
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         probe=model_args.probe,
         freeze_feature_encoder=model_args.freeze_feature_encoder,
         freeze_transformer_updates=model_args.freeze_transformer_updates,
+        training_args=args,
     )
     logger.info("Labels: %s", id2label)
     logger.info("Parameters: %s", parameter_summary(model))

@@ -56,6 +56,7 @@ from hf_speech_cl.finetuning import (
     load_pretrained_for_task,
     make_ctc_tokenizer,
     normalize_transcript,
+    prepare_for_finetuning,
     save_confusion_matrix,
     trainable_parameter_names,
     vocabulary_coverage,
@@ -276,6 +277,26 @@ def test_transformer_freezer_phases():
     assert layer.requires_grad
     with pytest.raises(ValueError, match="num_updates"):
         TransformerFreezer(model, -1)
+
+
+def test_early_stopping_patience_counts_only_after_the_frozen_phase():
+    # the cpu benchmark's pretrained fine-tunes stopped at update 300 with their best at update 100, when only the
+    # output layer had trained: evaluations of the frozen phase must not count towards the patience
+    def args(**kwargs):
+        return PretrainingArguments(output_dir="unused", eval_steps=100, metric_for_best_model="cer", **kwargs)
+
+    def prepare(training_args, freeze, probe=False):
+        model = Wav2Vec2ForCTC(Wav2Vec2Config(**TEST_ENCODER, vocab_size=8))
+        prepare_for_finetuning(
+            model, probe=probe, freeze_feature_encoder=True, freeze_transformer_updates=freeze,
+            training_args=training_args,
+        )  # fmt: skip
+        return training_args.early_stopping_min_steps
+
+    assert prepare(args(early_stopping_patience=2), freeze=125) == 125
+    assert prepare(args(early_stopping_patience=2, early_stopping_min_steps=300), freeze=125) == 300  # the later
+    assert prepare(args(), freeze=125) == 0  # no early stopping: nothing to change
+    assert prepare(args(early_stopping_patience=2), freeze=125, probe=True) == 0  # a probe has no frozen phase
 
 
 def test_weighted_layer_sum():

@@ -15,11 +15,15 @@ training mode; `CTCProbeForCTC` does it itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from torch import nn
 
+from ..training import PretrainingArguments
 from .ctc import TransformerFreezer
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "format_count",
@@ -96,14 +100,35 @@ def keep_encoder_in_eval(model: nn.Module, update: int) -> None:
 
 
 def prepare_for_finetuning(
-    model: nn.Module, *, probe: bool, freeze_feature_encoder: bool, freeze_transformer_updates: int
+    model: nn.Module,
+    *,
+    probe: bool,
+    freeze_feature_encoder: bool,
+    freeze_transformer_updates: int,
+    training_args: PretrainingArguments | None = None,
 ) -> list[Callable[[nn.Module, int], None]]:
     """Freeze what must not train and return the step callbacks for the shared loop.
 
     Probe: the encoder is already frozen (`load_pretrained_for_task(probe=True)`); `keep_encoder_in_eval` keeps it in
     eval mode. Fine-tuning: `model.freeze_feature_encoder()` if asked, and a `TransformerFreezer` for the first
-    `freeze_transformer_updates` updates. Call it before `accelerator.prepare`.
+    `freeze_transformer_updates` updates; with early stopping (`training_args.early_stopping_patience`) no
+    evaluation of those frozen updates counts towards the patience (`training_args.early_stopping_min_steps` is
+    raised to `freeze_transformer_updates`): a best reached with only the output layer trained says nothing about
+    when full fine-tuning stops improving. Call it before `accelerator.prepare`.
     """
+    if (
+        training_args is not None
+        and training_args.early_stopping_patience is not None
+        and not probe
+        and freeze_transformer_updates > training_args.early_stopping_min_steps
+    ):
+        logger.info(
+            "Early stopping counts evaluations from update %d on, when the encoder stops being frozen "
+            "(--freeze_transformer_updates; --early_stopping_min_steps was %d)",
+            freeze_transformer_updates,
+            training_args.early_stopping_min_steps,
+        )
+        training_args.early_stopping_min_steps = freeze_transformer_updates
     if probe:
         return [keep_encoder_in_eval]
     if freeze_feature_encoder:

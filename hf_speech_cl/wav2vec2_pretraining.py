@@ -175,6 +175,9 @@ class Wav2Vec2PretrainingMonitor:
             at log(num_negatives + 1) while the codevector perplexity may still climb.
         warmup_steps: batches of updates up to this one (set by `step`) are not counted for the plateau: during
             the learning-rate warm-up accuracy near chance is expected (fairseq's BASE warms up for 32k updates).
+
+    Only training batches (gradients enabled) count towards the collapse and plateau streaks; evaluation batches
+    (`torch.no_grad`, as the loop's `evaluate`) are measured but neither lengthen nor break a streak.
     """
 
     def __init__(
@@ -231,7 +234,9 @@ class Wav2Vec2PretrainingMonitor:
             )
         frames = batch["sub_attention_mask"].sum() if "sub_attention_mask" in batch else mask.numel()
         perplexity = outputs.codevector_perplexity.detach().float()
-        self._track_collapse(float(perplexity))
+        training = torch.is_grad_enabled()  # the loop's `evaluate` runs under no_grad: its batches are not streaks
+        if training:
+            self._track_collapse(float(perplexity))
         metrics = {
             "loss": outputs.loss.detach().float() / masked,
             "contrastive_loss": outputs.contrastive_loss.detach().float() / masked,
@@ -244,7 +249,8 @@ class Wav2Vec2PretrainingMonitor:
             metrics["contrastive_accuracy"] = contrastive_accuracy(
                 outputs.projected_states, outputs.projected_quantized_states, batch["sampled_negative_indices"], mask
             )
-            self._track_plateau(float(metrics["contrastive_accuracy"]))
+            if training:
+                self._track_plateau(float(metrics["contrastive_accuracy"]))
         return metrics
 
     def _track_plateau(self, accuracy: float) -> None:

@@ -32,6 +32,7 @@ import hf_speech_cl  # noqa: F401  (first: a mismatched torch stack is a clear e
 from transformers import HfArgumentParser, Wav2Vec2FeatureExtractor
 
 from hf_speech_cl.augment import SimCLRAugment
+from hf_speech_cl.continued_pretraining import matching_preset
 from hf_speech_cl.data import DataArguments, build_pretraining_dataloaders
 from hf_speech_cl.finetuning import PhoneProbe, PhoneProbeArguments
 from hf_speech_cl.models.simclr_audio import SimCLRAudioConfig, SimCLRAudioForPreTraining
@@ -110,12 +111,22 @@ def main(argv: list[str] | None = None) -> None:
         logging_steps=10,
     )
     model_args, data_args, args, probe_args = parser.parse_args_into_dataclasses(args=argv)
-    model_args.model_size = model_args.model_size or default_model_size()
+    requested_size = model_args.model_size
+    model_args.model_size = requested_size or default_model_size()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     accelerator = make_accelerator(args)
     model = build_model(model_args)
     config = model.config
+    if model_args.model_name_or_path:  # the checkpoint's architecture, not the machine's default preset
+        size = matching_preset(config.backbone_config)
+        if requested_size and requested_size != size:
+            raise ValueError(
+                f"--model_size {requested_size} does not fit --model_name_or_path {model_args.model_name_or_path}, "
+                f"whose encoder is {f'the {size} preset' if size else 'no preset'}: drop --model_size to continue "
+                "the checkpoint as it is"
+            )
+        model_args.model_size = size or "custom"
     feature_extractor = Wav2Vec2FeatureExtractor(
         sampling_rate=config.sampling_rate, do_normalize=True, return_attention_mask=True
     )

@@ -104,6 +104,17 @@ def test_simclr_recipe_resumes_from_its_last_checkpoint(simclr_run, tiny_corpus_
     assert steps == [2, 4, 6]  # one history across the two runs, no update repeated
 
 
+def test_simclr_recipe_continues_a_checkpoint_under_its_own_preset_name(simclr_run, tmp_path, tiny_corpus_args):
+    recipe, out = simclr_run
+    argv = common(tmp_path / "more", 2, *tiny_corpus_args, "--model_name_or_path", str(out), "--eval_split", "none")
+    del argv[2:4]  # no --model_size: the card must name the checkpoint's preset, not the machine's default
+    recipe.main([*argv, "--phone_probe", "false"])
+    card = (tmp_path / "more" / "README.md").read_text()
+    assert "wav2vec 2.0 encoder (`tiny`)" in card
+    with pytest.raises(ValueError, match="--model_size cpu does not fit"):
+        recipe.main([*argv, "--model_size", "cpu", "--output_dir", str(tmp_path / "other")])
+
+
 def test_simclr_recipe_pushes_the_final_folder(tmp_path, monkeypatch, tiny_corpus_args):
     uploads = []
 

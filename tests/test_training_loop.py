@@ -125,6 +125,25 @@ class Interrupt(Exception):
     pass
 
 
+def test_a_run_resumes_from_a_checkpoint_of_an_epochs_last_batch(tmp_path):
+    # 6 batches per epoch: checkpoint-6 holds batches_in_epoch=6, so skipping them leaves nothing of epoch 0; the
+    # loop raised "the training data yielded no batch" instead of starting epoch 1
+    reference, _ = run(make_args(tmp_path / "a", max_steps=10, save_steps=6))
+
+    def crash_at_8(model, update):
+        if update == 8:
+            raise Interrupt
+
+    args = make_args(tmp_path / "b", max_steps=10, save_steps=6)
+    with pytest.raises(Interrupt):
+        run(args, step_callbacks=[crash_at_8])
+    assert find_last_checkpoint(args.output_dir).name == "checkpoint-6"
+    resumed, result = run(args)
+    assert result.resumed_from.endswith("checkpoint-6") and result.global_step == 10
+    for p, q in zip(reference.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     reference, _ = run(make_args(tmp_path / "a", max_steps=10))
 

@@ -145,22 +145,34 @@ def test_threshold_and_nan_follow_transformers_semantics():
     assert _track_best(state, float("nan"), 5, args) == (False, True) and state["best_step"] == 3
 
 
-def test_min_steps_delays_the_patience_count_but_not_the_best_model(tmp_path):
+def test_min_steps_delays_the_patience_count_and_sets_its_own_bar(tmp_path):
     # the toy metric improves until update 18 and worsens after: with patience 3 it stops at 24 (the test above);
-    # with no evaluation before update 30 counting, the count starts at 30 and it stops at 34, the best still 18
+    # with nothing before update 30 counting, update 30 sets the bar and 32, 34, 36 fail it: stop at 36, best 18
     min_steps = 30
     model, result = run(stopping_args(tmp_path, early_stopping_min_steps=min_steps), eval_fn=WeightDistance())
-    assert result.stopped_early and result.best_step == BEST
-    assert result.global_step == min_steps + (PATIENCE - 1) * EVAL_STEPS
-    # unit level: evaluations that do not improve before the minimum leave the count at 0
+    assert result.stopped_early and result.best_step == BEST and result.model_step == BEST
+    assert result.global_step == min_steps + PATIENCE * EVAL_STEPS
+    # killed after update 32's evaluation counted against the bar of update 30: the bar must come back with
+    # checkpoint-30, or update 32 would set a new one and the resumed run stop at 38
+    args = stopping_args(tmp_path / "killed", early_stopping_min_steps=min_steps)
+    with pytest.raises(Interrupt):
+        run(args, eval_fn=WeightDistance(), step_callbacks=[lambda model, update: _raise_at(update, 33)])
+    assert find_last_checkpoint(args.output_dir).name == "checkpoint-30"
+    _, resumed = run(args, eval_fn=WeightDistance())
+    assert (resumed.global_step, resumed.best_step) == (result.global_step, BEST)
+    # unit level, lower is better, patience 1, counted from update 3: the best of update 1 (a plateau, a frozen
+    # encoder) stays the best model, but a run improving from update 3 on is not stopped for failing to beat it
     args = make_args_only(metric_for_best_model="loss", early_stopping_patience=1, early_stopping_min_steps=3)
     state = {"best_metric": None, "best_step": None, "evaluations_without_improvement": 0}
-    assert [_track_best(state, value, step, args) for step, value in enumerate([0.5, 0.9, 0.9, 0.4], 1)] == [
-        (True, False),
-        (False, False),
-        (False, True),  # update 3 is the first that counts
-        (True, False),
-    ]
+    values = {1: 0.5, 2: 0.9, 3: 0.9, 4: 0.8, 5: 0.7, 6: 0.75}
+    decisions = [_track_best(state, value, step, args) for step, value in values.items()]
+    assert decisions == [(True, False), (False, False), (False, False), (False, False), (False, False), (False, True)]
+    assert (state["best_metric"], state["best_step"], state["patience_best"]) == (0.5, 1, 0.7)
+
+
+def _raise_at(update, step):
+    if update == step:
+        raise Interrupt
 
 
 def make_args_only(**overrides):

@@ -144,7 +144,7 @@ class TrainResult:
         best_metric / best_step: its best value over all evaluations and the update of that evaluation (None
             without `metric_for_best_model` or evaluation data).
         evaluations_without_improvement: consecutive evaluations, up to the last, that did not improve the best by
-            more than `early_stopping_threshold`.
+            more than `early_stopping_threshold` (from `early_stopping_min_steps` on, the best of those evaluations).
         stopped_early: training ended before `max_steps` because of `early_stopping_patience`; `global_step` is
             then the update it stopped at.
         model_step: the update whose weights the returned (and so saved and tested) model holds: `best_step` with
@@ -495,6 +495,7 @@ def train(
         "best_metric": None,
         "best_step": None,
         "evaluations_without_improvement": 0,
+        "patience_best": None,  # the bar of the patience count: the best evaluation from early_stopping_min_steps on
         "stopped_early": False,
         "last_eval_step": None,
     }
@@ -518,6 +519,8 @@ def train(
         with _quiet_accelerate_checkpointing():
             accelerator.load_state(str(resumed_from))
         state.update(saved)
+        if "patience_best" not in saved:  # a checkpoint from before early_stopping_min_steps: the best was the bar
+            state["patience_best"] = saved.get("best_metric")
         accelerator.print(
             f"Resuming from {resumed_from} at update {state['global_step']} "
             f"(epoch {state['epoch']}, batch {state['batches_in_epoch']})"
@@ -754,7 +757,8 @@ def train(
             if step >= args.max_steps or state["stopped_early"]:
                 break
         else:
-            if not yielded:
+            # nothing left after skipping: resumed from a checkpoint of the epoch's last batch; go on with the next
+            if not yielded and not state["batches_in_epoch"]:
                 raise ValueError(
                     "The training data yielded no batch: every clip was filtered out (too short/long, unreadable) "
                     "or the split is empty. Check --dataset_name/--train_split and the duration limits."
@@ -874,26 +878,36 @@ def _track_best(state: dict[str, Any], value: float, step: int, args: Pretrainin
     As transformers: the best is replaced by a strictly better value (`Trainer._determine_best_metric`; NaN never
     is), and the count restarts only when the value beats the previous best by more than
     `args.early_stopping_threshold` (`EarlyStoppingCallback.check_metric_value`; the first evaluation always does).
-    Evaluations before `args.early_stopping_min_steps` (ours) never add to the count.
+
+    Ours, `args.early_stopping_min_steps`: evaluations before it never add to the count, and the count compares with
+    the best of the evaluations from that update on (`state["patience_best"]`), not with an earlier best: a best
+    reached on a plateau or with a frozen encoder stays the best model, but does not stop a run that is still
+    improving on its own terms. With a minimum of 0 that bar is the best itself (transformers' rule).
 
     Returns:
         `(improved, stop)`: a new best; the count reached `args.early_stopping_patience`.
     """
-    best = state["best_metric"]
-    if math.isnan(value):
-        improved = False
-    elif best is None:
-        improved = True
-    else:
-        improved = value > best if args.greater_is_better else value < best
-    if improved and (best is None or abs(value - best) > args.early_stopping_threshold):
-        state["evaluations_without_improvement"] = 0
-    elif step < args.early_stopping_min_steps:
-        pass  # before --early_stopping_min_steps nothing counts towards the patience
-    else:
-        state["evaluations_without_improvement"] += 1
+
+    def beats(reference: float | None) -> bool:
+        if math.isnan(value):
+            return False
+        if reference is None:
+            return True
+        return value > reference if args.greater_is_better else value < reference
+
+    improved = beats(state["best_metric"])
     if improved:
         state["best_metric"], state["best_step"] = value, step
+    if step < args.early_stopping_min_steps:
+        return improved, False  # before --early_stopping_min_steps nothing counts towards the patience
+    bar = state.get("patience_best")
+    better = beats(bar)
+    if better and (bar is None or abs(value - bar) > args.early_stopping_threshold):
+        state["evaluations_without_improvement"] = 0
+    else:
+        state["evaluations_without_improvement"] += 1
+    if better:
+        state["patience_best"] = value
     patience = args.early_stopping_patience
     return improved, patience is not None and state["evaluations_without_improvement"] >= patience
 

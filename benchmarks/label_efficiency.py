@@ -44,13 +44,13 @@ Presets (`--preset`):
 - `cpu`: the compute-shaped `cpu` encoder (5.8 M parameters, `hf_speech_cl.presets`), pretraining on the 10-h
   `large` configuration of `synthetic-librispeech` (400 updates of 8 clips cropped to at most 4 s: 2.6 h of audio
   per objective), ASR fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until
-  validation CER stops improving (2 evaluations of every 100 updates without a lower one, cap 500; the best update's
-  model scored), the phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in
+  validation CER stops improving (2 evaluations of every 100 updates without a lower one, counted from update 300
+  since the frozen-encoder quarter and the CTC plateau come first; cap 500; the best update's model scored), the phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in
   the report. Measured 2026-12-03 with `--tasks asr`: 170 min wall on 2 cores (about 40 of them shared with a test
   run), 312.6 min of sub-runs; `benchmarks/results/label_efficiency.*`.
 - `gpu`: the `gpu` encoder (29 M parameters, the `cpu` shape scaled), the same `large` corpus, 1000 pretraining
-  updates of 32 x 4 s (35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3, cap
-  1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores. Meant to fit 9 minutes on an H200,
+  updates of 32 x 4 s (35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3
+  counted from update 500, cap 1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores. Meant to fit 9 minutes on an H200,
   but its sizes are a guess, not a measurement: no GPU has run it yet. `--preset gpu --smoke` checks its
   orchestration on a CPU.
 
@@ -1033,7 +1033,7 @@ def smoke_version(preset: Preset) -> Preset:
     smoke = PRESETS["smoke"]
     sizes = (
         "model_size", "corpus_kwargs", "corpus_configs", "pretrain_updates", "pretrain_batch_size",
-        "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples", "asr_min_updates",
+        "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples",
         "cls_updates", "cls_batch_size", "mixed_precision", "dataloader_num_workers", "eval_batch_size",
         "logging_steps", "needs_cuda", "hubert_flags", "pretrain_flags",
     )  # fmt: skip
@@ -1045,6 +1045,7 @@ def smoke_version(preset: Preset) -> Preset:
         label_minutes=label_minutes,
         single_seed_minutes=single,
         asr_eval_steps=smoke.asr_eval_steps if preset.early_stopping_patience else None,
+        asr_min_updates=smoke.asr_min_updates if preset.early_stopping_patience and preset.asr_min_updates else 0,
         description=f"smoke check of the {preset.description}",
     )
 

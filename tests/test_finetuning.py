@@ -293,7 +293,7 @@ def test_early_stopping_patience_counts_only_after_the_frozen_phase():
         )  # fmt: skip
         return training_args.early_stopping_min_steps
 
-    assert prepare(args(early_stopping_patience=2), freeze=125) == 125
+    assert prepare(args(early_stopping_patience=2), freeze=200) == 201  # update 200's model had 200 frozen updates
     assert prepare(args(early_stopping_patience=2, early_stopping_min_steps=300), freeze=125) == 300  # the later
     assert prepare(args(), freeze=125) == 0  # no early stopping: nothing to change
     assert prepare(args(early_stopping_patience=2), freeze=125, probe=True) == 0  # a probe has no frozen phase

@@ -59,7 +59,13 @@ def _best_model_rows(result: Any, args: Any) -> dict[str, str]:
     if patience is not None:
         rows["early stopping"] = (
             f"patience {patience} evaluations every {args.eval_steps} updates (threshold "
-            f"{args.early_stopping_threshold:g}): "
+            f"{args.early_stopping_threshold:g}"
+            + (
+                f", counted from update {args.early_stopping_min_steps}"
+                if getattr(args, "early_stopping_min_steps", 0)
+                else ""
+            )
+            + "): "
             + (f"stopped at update {last}" if getattr(result, "stopped_early", False) else f"ran to {last} updates")
         )
     return rows

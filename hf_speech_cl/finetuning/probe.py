@@ -113,22 +113,23 @@ def prepare_for_finetuning(
     eval mode. Fine-tuning: `model.freeze_feature_encoder()` if asked, and a `TransformerFreezer` for the first
     `freeze_transformer_updates` updates; with early stopping (`training_args.early_stopping_patience`) no
     evaluation of those frozen updates counts towards the patience (`training_args.early_stopping_min_steps` is
-    raised to `freeze_transformer_updates`): a best reached with only the output layer trained says nothing about
+    raised to `freeze_transformer_updates + 1`: the evaluation at update N has seen frozen updates only): a best reached with only the output layer trained says nothing about
     when full fine-tuning stops improving. Call it before `accelerator.prepare`.
     """
     if (
         training_args is not None
         and training_args.early_stopping_patience is not None
         and not probe
-        and freeze_transformer_updates > training_args.early_stopping_min_steps
+        and freeze_transformer_updates >= training_args.early_stopping_min_steps
     ):
+        # the evaluation at update N (--freeze_transformer_updates) still sees a model of frozen updates only
         logger.info(
-            "Early stopping counts evaluations from update %d on, when the encoder stops being frozen "
+            "Early stopping counts evaluations after update %d, when the encoder has trained "
             "(--freeze_transformer_updates; --early_stopping_min_steps was %d)",
             freeze_transformer_updates,
             training_args.early_stopping_min_steps,
         )
-        training_args.early_stopping_min_steps = freeze_transformer_updates
+        training_args.early_stopping_min_steps = freeze_transformer_updates + 1
     if probe:
         return [keep_encoder_in_eval]
     if freeze_feature_encoder:

@@ -131,8 +131,10 @@ class PretrainingArguments:
             "is still tracked from the first evaluation), so no run stops before it. For a start that says little "
             "about the end: CTC fine-tuning sits on its blank/common-character plateau for hundreds of updates, "
             "and a frozen-encoder warm-up (--freeze_transformer_updates) can give a best that full fine-tuning "
-            "first has to regain. Not in transformers' `EarlyStoppingCallback`. Default: 0 (every evaluation "
-            "counts)."
+            "first has to regain: from this update on, the count compares with the best evaluation since it, "
+            "while the best model stays the best of all evaluations. The fine-tuning recipes raise it to just after "
+            "--freeze_transformer_updates. Not in transformers' `EarlyStoppingCallback`. Default: 0 (every "
+            "evaluation counts, against the best)."
         },
     )
     early_stopping_threshold: float = field(

@@ -452,6 +452,13 @@ def train(
             )
         logger.info("No evaluation data: metric_for_best_model %s is not tracked", args.metric_for_best_model)
         metric_key = None
+    if args.early_stopping_patience is not None and args.early_stopping_min_steps >= args.max_steps:
+        logger.warning(
+            "early_stopping_min_steps %d >= max_steps %d: no evaluation counts towards the patience, so early "
+            "stopping never fires",
+            args.early_stopping_min_steps,
+            args.max_steps,
+        )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete_checkpoints(output_dir)

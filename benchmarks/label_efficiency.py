@@ -45,17 +45,18 @@ Presets (`--preset`):
   `large` configuration of `synthetic-librispeech` (400 updates of 8 clips cropped to at most 4 s: 2.6 h of audio
   per objective), ASR fine-tuning on 10-minute (2 seeds) and 60-minute (1 seed) subsets of its train split until
   validation CER stops improving (2 evaluations of every 100 updates without a lower one, counted from update 300
-  since the frozen-encoder quarter and the CTC plateau come first; cap 500; the best update's model scored), the phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in
-  the report. Measured 2026-12-03 with `--tasks asr`, before the patience counted from update 300: 170 min wall on
-  2 cores (about 40 of them shared with a test run), 312.6 min of sub-runs; `benchmarks/results/label_efficiency.*`.
+  since the frozen-encoder quarter and the CTC plateau come first; cap 500; the best update's model scored), the
+  phone probe of every pretrained encoder (layers 0, 3 and 6) and the PNMI of HuBERT's labels in the report.
+  Measured 2026-12-03 with `--tasks asr`, before the patience counted from update 300: 170 min wall on 2 cores
+  (about 40 of them shared with a test run), 312.6 min of sub-runs; `benchmarks/results/label_efficiency.*`.
   Measured 2026-12-04 with `--tasks asr --label_minutes 10 --objectives none,simclr-frame,wav2vec2,hubert`: 113.8
   min wall (about 35 shared with a test run), 215.2 min of sub-runs (pretraining 33-50 min each with its phone
   probe, fine-tunes 9-18 min, all to the cap); `benchmarks/results/label_efficiency_10min.*`.
 - `gpu`: the `gpu` encoder (29 M parameters, the `cpu` shape scaled), the same `large` corpus, 1000 pretraining
   updates of 32 x 4 s (35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3
-  counted from update 500, cap 1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores. Meant to fit 9 minutes on an H200,
-  but its sizes are a guess, not a measurement: no GPU has run it yet. `--preset gpu --smoke` checks its
-  orchestration on a CPU.
+  counted from update 500, cap 1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores.
+  Meant to fit 9 minutes on an H200, but its sizes are a guess, not a measurement: no GPU has run it yet.
+  `--preset gpu --smoke` checks its orchestration on a CPU.
 
 Budget of `--preset tiny` (then `cpu`), measured 2026-11-22 on the 2-core AMD EPYC machine (`benchmarks/results/
 label_efficiency.json`): two sub-runs at a time (`jobs=2`), each a process with one torch thread; 47.4 min wall.
@@ -940,7 +941,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--preset", choices=sorted(PRESETS), default="cpu",
         help="Sizes: smoke (tiny corpora, a few updates, minutes), tiny (tiny encoder, default corpora, 47 min on 2 "
         "cores, measured), cpu (cpu encoder, 10-h corpus for pretraining, early-stopped fine-tuning; ASR only: 170 "
-        "min on 2 cores, measured; 114 min without simclr-utterance and the 60-min fine-tunes), gpu (bf16; needs CUDA; not run yet). Default: cpu.",
+        "min on 2 cores, measured; 114 min without simclr-utterance and the 60-min fine-tunes), gpu (bf16; needs "
+        "CUDA; not run yet). Default: cpu.",
     )  # fmt: skip
     parser.add_argument(
         "--objectives", default=",".join(OBJECTIVES),

@@ -144,7 +144,8 @@ class ASRArguments:
         metadata={
             "help": "Updates at the start during which the whole encoder is frozen and only the output layer trains "
             "(fairseq freeze_finetune_updates: 10000 of 13000 updates for 10 min/1 h of labels, 0 for 100 h). "
-            "Default: 0 without pretraining, else a quarter of --max_steps. With --early_stopping_patience, evaluations of these updates do not count towards it."
+            "Default: 0 without pretraining, else a quarter of --max_steps. With --early_stopping_patience, "
+            "evaluations of these updates do not count towards it."
         },
     )
     mask_time_prob: float = field(

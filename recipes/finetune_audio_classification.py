@@ -137,7 +137,8 @@ class ClassificationArguments:
         default=0,
         metadata={
             "help": "Updates at the start during which the whole encoder is frozen and only the head trains "
-            "(fairseq freeze_finetune_updates). Default: 0. With --early_stopping_patience, evaluations of these updates do not count towards it."
+            "(fairseq freeze_finetune_updates). Default: 0. With --early_stopping_patience, evaluations of these "
+            "updates do not count towards it."
         },
     )
     mask_time_prob: float = field(

@@ -113,8 +113,9 @@ def prepare_for_finetuning(
     eval mode. Fine-tuning: `model.freeze_feature_encoder()` if asked, and a `TransformerFreezer` for the first
     `freeze_transformer_updates` updates; with early stopping (`training_args.early_stopping_patience`) no
     evaluation of those frozen updates counts towards the patience (`training_args.early_stopping_min_steps` is
-    raised to `freeze_transformer_updates + 1`: the evaluation at update N has seen frozen updates only): a best reached with only the output layer trained says nothing about
-    when full fine-tuning stops improving. Call it before `accelerator.prepare`.
+    raised to `freeze_transformer_updates + 1`: the evaluation at update N has seen frozen updates only): a best
+    reached with only the output layer trained says nothing about when full fine-tuning stops improving. Call it
+    before `accelerator.prepare`.
     """
     if (
         training_args is not None

@@ -242,20 +242,12 @@ class PretrainingArguments:
                     f"early_stopping_patience={self.early_stopping_patience} needs eval_steps (evaluations during "
                     f"training); got eval_steps={self.eval_steps}, so the only evaluation is the final one"
                 )
-        if self.early_stopping_min_steps < 0:
-            raise ValueError(f"early_stopping_min_steps must be >= 0, got {self.early_stopping_min_steps}")
-        if self.early_stopping_min_steps and self.early_stopping_patience is None:
-            raise ValueError(
-                f"early_stopping_min_steps={self.early_stopping_min_steps} is only used by early stopping: pass "
-                "early_stopping_patience too"
-            )
-        if self.early_stopping_threshold < 0:
-            raise ValueError(f"early_stopping_threshold must be >= 0, got {self.early_stopping_threshold}")
-        if self.early_stopping_threshold and self.early_stopping_patience is None:
-            raise ValueError(
-                f"early_stopping_threshold={self.early_stopping_threshold} is only used by early stopping: pass "
-                "early_stopping_patience too"
-            )
+        for name in ("early_stopping_min_steps", "early_stopping_threshold"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+            if value and self.early_stopping_patience is None:
+                raise ValueError(f"{name}={value} is only used by early stopping: pass early_stopping_patience too")
         if self.load_best_model_at_end and not self.eval_steps:
             raise ValueError(
                 f"load_best_model_at_end needs eval_steps (evaluations during training); got eval_steps="

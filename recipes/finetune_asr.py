@@ -64,6 +64,7 @@ from hf_speech_cl.finetuning import (
     NO_PRETRAINING,
     CTCEvaluator,
     DataCollatorCTC,
+    DropoutArguments,
     check_output_is_not_the_checkpoint,
     checkpoint_model_type,
     count_ctc_infeasible,
@@ -231,7 +232,9 @@ def _describe_mode(model_args: ASRArguments, freeze_updates: int, model) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((ASRArguments, DataArguments, PretrainingArguments), description=__doc__)
+    parser = HfArgumentParser(
+        (ASRArguments, DropoutArguments, DataArguments, PretrainingArguments), description=__doc__
+    )
     parser.set_defaults(
         output_dir="outputs/asr",
         max_steps=1500,  # see the docstring: 600 updates left CER at 0.96
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # and --early_stopping_patience N stops when it stops improving
         metric_for_best_model="cer",
     )
-    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, dropout_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     model_args.model_size = model_args.model_size or default_model_size()  # cpu, or gpu with CUDA
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if model_args.ctc_loss_reduction not in ("mean", "sum"):
@@ -302,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         mask_feature_prob=model_args.mask_feature_prob,
         mask_feature_length=model_args.mask_feature_length,
         layerdrop=model_args.layerdrop,
+        **dropout_args.config_overrides(),
         **(probe_kwargs if model_args.probe else {}),
     )
     callbacks = prepare_for_finetuning(
@@ -357,6 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "train_minutes": data_args.train_minutes,
             "freeze_transformer_updates": freeze_updates,
             "vocab_size": len(tokenizer),
+            **dropout_args.config_overrides(),
         },
     )
     if "test" in evaluators:

@@ -50,6 +50,7 @@ from hf_speech_cl.finetuning import (
     NO_PRETRAINING,
     ClassificationEvaluator,
     DataCollatorAudioClassification,
+    DropoutArguments,
     LabelMapper,
     check_labels,
     check_output_is_not_the_checkpoint,
@@ -167,7 +168,9 @@ class ClassificationArguments:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((ClassificationArguments, DataArguments, PretrainingArguments), description=__doc__)
+    parser = HfArgumentParser(
+        (ClassificationArguments, DropoutArguments, DataArguments, PretrainingArguments), description=__doc__
+    )
     parser.set_defaults(
         dataset_name=None,
         output_dir=None,
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # it and --early_stopping_patience N stops when it stops improving
         metric_for_best_model="accuracy",
     )
-    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, dropout_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     model_args.model_size = model_args.model_size or default_model_size()  # cpu, or gpu with CUDA
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if model_args.task not in TASKS:
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         mask_time_prob=model_args.mask_time_prob,
         mask_time_length=model_args.mask_time_length,
         layerdrop=model_args.layerdrop,
+        **dropout_args.config_overrides(),
     )
     id2label = {int(i): name for i, name in model.config.id2label.items()}  # the checkpoint's ids if it had these
     callbacks = prepare_for_finetuning(
@@ -288,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "model_name_or_path": path,
             "probe": model_args.probe,
             "num_labels": len(id2label),
+            **dropout_args.config_overrides(),
         },
     )
     if "test" in evaluators:

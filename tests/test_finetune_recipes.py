@@ -101,7 +101,7 @@ def small_checkpoint(tmp_path_factory):
 def asr_run(tmp_path_factory, tiny_librispeech, asr_recipe):
     out = tmp_path_factory.mktemp("asr") / "out"
     kwargs = json.dumps(TINY_PARAMS["synthetic-librispeech"])
-    argv = common(out, 3, "--dataset_kwargs", kwargs, "--train_minutes", "1")
+    argv = common(out, 3, "--dataset_kwargs", kwargs, "--train_minutes", "1", "--attention_dropout", "0.0")
     summary = asr_recipe.main(argv)
     return out, summary, argv
 
@@ -114,6 +114,8 @@ def test_asr_recipe_outputs_a_pipeline_ready_model_with_card(asr_run, tiny_libri
     assert [vocab["<pad>"], vocab["<unk>"], vocab["|"]] == [0, 1, 2] and "'" in vocab and "E" in vocab
     config = AutoConfig.from_pretrained(out)
     assert config.vocab_size == len(vocab) and config.pad_token_id == 0 and config.ctc_zero_infinity
+    # --attention_dropout reaches the config; unset dropouts keep the preset's (Wav2Vec2Config's 0.1)
+    assert config.attention_dropout == 0.0 and config.hidden_dropout == 0.1 and config.final_dropout == 0.1
     records = read_metrics(out / "logs")
     assert any("eval_blank_fraction" in r for r in records) and any("test_wer" in r for r in records)
     assert sum(1 for r in records if "eval_wer" in r) == 2  # at update 2 and at the end (3)
@@ -180,6 +182,10 @@ def test_keyword_spotting_recipe(tmp_path, tiny_speech_commands, cls_recipe, sma
             str(small_checkpoint[0]),
             "--max_eval_samples",
             "12",
+            "--hidden_dropout",
+            "0.0",
+            "--final_dropout",
+            "0.3",
         )
     )
     assert {"validation_accuracy", "validation_macro_f1", "test_accuracy", "test_macro_f1"} <= set(summary)
@@ -188,6 +194,8 @@ def test_keyword_spotting_recipe(tmp_path, tiny_speech_commands, cls_recipe, sma
     assert [config.id2label[i] for i in range(len(names))] == names and config.label2id["yes"] == 0
     # No SpecAugment by default: with time masks the classifier learned the masks (see the recipe's --help).
     assert config.mask_time_prob == 0.0
+    # the dropout flags override the checkpoint's config; the others keep it
+    assert (config.hidden_dropout, config.final_dropout, config.attention_dropout) == (0.0, 0.3, 0.1)
     assert (out / "confusion_matrix_test.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((out / "confusion_matrix_test.json").read_text())["matrix"]) == len(names)
     card = (out / "README.md").read_text()

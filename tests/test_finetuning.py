@@ -583,3 +583,16 @@ def test_min_input_samples_of_a_hubert_config(tmp_path):
     # Receptive field of kernels (10,3,3,3,3,2,2), strides (5,2,2,2,2,2,2): 400 samples; then a hop per frame.
     hop = int(np.prod(TEST_ENCODER["conv_stride"]))
     assert encoder_min_input_samples(str(tmp_path), num_frames=10) == 400 + 9 * hop
+
+
+def test_dropout_arguments_pass_only_the_flags_set_and_reject_non_probabilities():
+    from hf_speech_cl.finetuning import DropoutArguments
+
+    assert DropoutArguments().config_overrides() == {}  # unset: the checkpoint's values stay
+    assert DropoutArguments(hidden_dropout=0.0, final_dropout=0.2).config_overrides() == {
+        "hidden_dropout": 0.0,
+        "final_dropout": 0.2,
+    }
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="--attention_dropout must be a probability"):
+            DropoutArguments(attention_dropout=bad)

@@ -11,8 +11,10 @@ Shared by `recipes/finetune_asr.py` and `recipes/finetune_audio_classification.p
 - `phone_probe`: the linear frame-level phone probe of frozen layers (with MFCC and random-encoder references) that
   every pretraining recipe reports (`PhoneProbe`, `run_phone_probe`).
 - `cards`: `finalize_finetuning` (save, model card, Hub).
+- `arguments`: `DropoutArguments`, the dropout flags both recipes share.
 """
 
+from .arguments import DropoutArguments
 from .cards import finalize_finetuning, format_metric
 from .checkpoints import (
     NO_PRETRAINING,
@@ -90,6 +92,7 @@ __all__ = [
     "ClassificationEvaluator",
     "DataCollatorAudioClassification",
     "DataCollatorCTC",
+    "DropoutArguments",
     "LabelMapper",
     "NoPhoneAlignmentsError",
     "PhoneProbe",

@@ -86,3 +86,27 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
     run = dataclasses.replace(run, argv=[*run.argv, "--learning_rate", "1e-4"])
     with pytest.raises(ValueError, match="other arguments"):
         bench.execute(run, tmp_path / "runs" / "cpu-smoke")
+
+
+@pytest.mark.slow
+def test_pretraining_curve_smoke_probes_every_checkpoint_and_resumes(tmp_path, corpus_cache_dir, monkeypatch):
+    bench = load_benchmark("pretraining_curve")
+    argv = ["--smoke", "--objective", "hubert", "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path)]
+    payload = bench.main(argv)
+    # a probe of each checkpoint (updates 2 and 4), with the updates' training metrics and both references
+    assert [row["step"] for row in payload["curve"]] == [2, 4]
+    assert all(0.0 < row["accuracy"] <= 1.0 and "accuracy_masked" in row["metrics"] for row in payload["curve"])
+    assert set(payload["references"]) == {"mfcc", "random"}
+    assert payload["curve"][1]["audio_hours"] == pytest.approx(4 * 2 * 1.5 / 3600)
+    table = (tmp_path / "pretraining_curve_hubert_smoke.md").read_text()
+    assert "| 4 |" in table and "MFCC" in table
+    # rerun: the recipe finds its run finished and no checkpoint is probed again (the partial results are reused)
+    from hf_speech_cl.finetuning import PhoneProbe
+
+    def refuse(self, checkpoint):
+        raise AssertionError(f"{checkpoint} probed again")
+
+    monkeypatch.setattr(PhoneProbe, "__call__", refuse)
+    again = bench.main(argv)
+    assert again["curve"] == json.loads(json.dumps(payload["curve"], default=float))
+    assert again["references"] == payload["references"]

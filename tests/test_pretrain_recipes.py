@@ -70,6 +70,10 @@ def test_simclr_recipe_writes_a_loadable_model_with_card(simclr_run):
     _, out = simclr_run
     model = AutoModel.from_pretrained(out)
     assert model.config.model_type == "simclr_audio"
+    # every checkpoint loads with from_pretrained (its config.json beside the weights), here the last one = the model
+    last = AutoModel.from_pretrained(out / "checkpoint-4")
+    for name, value in model.state_dict().items():
+        assert torch.equal(last.state_dict()[name], value), name
     card = (out / "README.md").read_text()
     assert "NT-Xent" in card and "speed perturbation" in card and "retrieval_accuracy" in card
     assert "synthetic" in card  # the data note

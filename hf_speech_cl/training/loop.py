@@ -759,7 +759,7 @@ def train(
                 state["stopped_early"] = track(eval_metrics, step)
 
             if step % args.save_steps == 0 or step == args.max_steps or state["stopped_early"]:
-                _save_checkpoint(accelerator, output_dir, state, args.save_total_limit)
+                _save_checkpoint(accelerator, model, output_dir, state, args.save_total_limit)
 
             if step >= args.max_steps or state["stopped_early"]:
                 break
@@ -845,8 +845,14 @@ def _reduce_interval(accelerator: Accelerator, sums: dict[str, torch.Tensor], mi
     return {k: float(v) for k, v in zip(keys, stacked)}
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str, Any], keep: int | None) -> None:
-    """`save_state` into a temporary folder, then rename: a checkpoint either exists complete or not at all."""
+def _save_checkpoint(
+    accelerator: Accelerator, model: torch.nn.Module, output_dir: Path, state: dict[str, Any], keep: int | None
+) -> None:
+    """`save_state` into a temporary folder, then rename: a checkpoint either exists complete or not at all.
+
+    The model's `config.json` goes in too, so that `from_pretrained("checkpoint-N")` loads its weights, as a
+    transformers `Trainer` checkpoint does (probes and fine-tuning of intermediate checkpoints).
+    """
     step = state["global_step"]
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".tmp-checkpoint-{step}"
@@ -858,6 +864,9 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(tmp / TRAINER_STATE_NAME, json.dumps(state, indent=2, default=float))
+        config = getattr(accelerator.unwrap_model(model), "config", None)
+        if config is not None and hasattr(config, "save_pretrained"):
+            config.save_pretrained(tmp)
         apply_default_modes(tmp)  # safetensors writes 0o600 (safetensors/safetensors#782)
         if final.exists():
             shutil.rmtree(final)

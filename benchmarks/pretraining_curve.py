@@ -132,13 +132,14 @@ def logged_metrics(out: Path, objective: str) -> dict[int, dict[str, float]]:
         for line in path.read_text().splitlines():
             record = json.loads(line)
             if "step" in record and "loss" in record:
-                rows[int(record["step"])] = {k: record[k] for k in METRICS if k in record}
+                keys = (*METRICS, "audio_hours_seen")
+                rows[int(record["step"])] = {k: record[k] for k in keys if k in record}
     return rows
 
 
 def nearest_logged(rows: dict[int, dict[str, float]], step: int) -> dict[str, float]:
     earlier = [s for s in rows if s <= step]
-    return rows[max(earlier)] if earlier else {}
+    return dict(rows[max(earlier)]) if earlier else {}
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -196,13 +197,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         by_name = {r.name: r for r in report.results}
         references = {name: by_name[name].accuracy for name in ("mfcc", "random") if name in by_name}
         best = by_name["checkpoint"]
+        metrics = nearest_logged(logged, step)
         done[step] = {
             "step": step,
-            "audio_hours": step * args.batch_size * args.crop_s / 3600,
+            # logged by the loop (crops of shorter clips are shorter); else the upper bound of full crops
+            "audio_hours": metrics.pop("audio_hours_seen", step * args.batch_size * args.crop_s / 3600),
             "accuracy": best.accuracy,
             "best_layer": best.best_layer,
             "layer_accuracy": best.layer_accuracy,
-            "metrics": nearest_logged(logged, step),
+            "metrics": metrics,
         }
         print(f"update {step}: phone probe {100 * best.accuracy:.1f}% (layer {best.best_layer})", flush=True)
         curve = sorted(done.values(), key=lambda r: r["step"])

@@ -97,7 +97,8 @@ def test_pretraining_curve_smoke_probes_every_checkpoint_and_resumes(tmp_path, c
     assert [row["step"] for row in payload["curve"]] == [2, 4]
     assert all(0.0 < row["accuracy"] <= 1.0 and "accuracy_masked" in row["metrics"] for row in payload["curve"])
     assert set(payload["references"]) == {"mfcc", "random"}
-    assert payload["curve"][1]["audio_hours"] == pytest.approx(4 * 2 * 1.5 / 3600)
+    hours = [row["audio_hours"] for row in payload["curve"]]
+    assert 0 < hours[0] < hours[1] <= 4 * 2 * 1.5 / 3600  # 4 updates of 2 crops of at most 1.5 s
     table = (tmp_path / "pretraining_curve_hubert_smoke.md").read_text()
     assert "| 4 |" in table and "MFCC" in table
     # rerun: the recipe finds its run finished and no checkpoint is probed again (the partial results are reused)

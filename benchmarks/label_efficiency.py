@@ -52,6 +52,14 @@ Presets (`--preset`):
   Measured 2026-12-04 with `--tasks asr --label_minutes 10 --objectives none,simclr-frame,wav2vec2,hubert`: 113.8
   min wall (about 35 shared with a test run), 215.2 min of sub-runs (pretraining 33-50 min each with its phone
   probe, fine-tunes 9-18 min, all to the cap); `benchmarks/results/label_efficiency_10min.*`.
+- `cpu-long`: the `cpu` preset at a budget where the 1500-update measurements of `README.md` say pretraining
+  starts to pay (HuBERT iteration 1 still improving the phone probe at 2000 updates, its 10-minute fine-tune still
+  improving at 1500 while the baseline had saturated by 500): 4000 pretraining updates of 8 x 4 s per objective
+  (35.6 h of audio, the `gpu` preset's budget; HuBERT 2 x 2000), ASR to early stopping (every 250 updates,
+  patience 3 counted from update 1000, cap 3000), a checkpoint every 250 updates of every sub-run. About 8-10 h
+  wall on 2 cores by the measured rates (1.0 s per one-thread update of 8 x 4 s, SimCLR about twice that): more than
+  one session, so it is made to be killed and rerun; each rerun skips the finished sub-runs and resumes the others
+  from their newest checkpoint. `benchmarks/results/label_efficiency_cpu-long.*`.
 - `gpu`: the `gpu` encoder (29 M parameters, the `cpu` shape scaled), the same `large` corpus, 1000 pretraining
   updates of 32 x 4 s (35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3
   counted from update 500, cap 1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores.
@@ -184,6 +192,8 @@ class Preset:
             budget of `asr_updates`, the last model scored.
         single_seed_minutes: label amounts fine-tuned with the first seed only (the cost of a 1-hour fine-tune
             buys a second seed at 10 minutes, where the spread matters most).
+        save_every: checkpoint interval of every sub-run (updates); None: a quarter of each pretraining and half of
+            each fine-tune. A killed benchmark loses at most this many updates per running sub-run.
         jobs: sub-runs at a time, each in its own process with `cores // jobs` torch threads (`--jobs`). Two
             one-thread processes use 2 cores better than one two-thread process: small convolutions scale poorly
             over threads.
@@ -217,6 +227,7 @@ class Preset:
     early_stopping_patience: int | None = None
     asr_min_updates: int = 0
     single_seed_minutes: tuple[float, ...] = ()
+    save_every: int | None = None
     jobs: int = 1
 
 
@@ -290,6 +301,33 @@ PRESETS: dict[str, Preset] = {
         cls_batch_size=8,
         seeds=(0, 1),
         logging_steps=25,
+        jobs=2,
+    ),
+    "cpu-long": Preset(
+        description=(
+            "cpu encoder, the gpu preset's 35.6 h of pretraining audio per objective (4000 updates of 8 x 4 s), "
+            "fine-tuning to early stopping (cap 3000), 2 CPU cores, run over several sessions (resumable)"
+        ),
+        model_size="cpu",
+        corpus_kwargs={},
+        corpus_configs={LIBRISPEECH: "large"},
+        pretrain_updates=4000,
+        pretrain_batch_size=8,
+        pretrain_crop_s=4.0,
+        pretrain_eval_samples=64,
+        label_minutes=(10.0, 60.0),
+        asr_updates=3000,
+        asr_batch_size=8,
+        asr_eval_steps=250,
+        asr_eval_samples=100,
+        early_stopping_patience=3,
+        asr_min_updates=1000,
+        single_seed_minutes=(60.0,),
+        cls_updates=200,
+        cls_batch_size=8,
+        seeds=(0, 1),
+        logging_steps=25,
+        save_every=250,
         jobs=2,
     ),
     "gpu": Preset(
@@ -391,7 +429,7 @@ def pretraining_run(preset: Preset, objective: str) -> SubRun:
         updates = max(1, updates // 2)
         flags = [*flags, *preset.hubert_flags]
     argv = [
-        *_common(preset, updates, preset.pretrain_seed, updates // 4),
+        *_common(preset, updates, preset.pretrain_seed, preset.save_every or updates // 4),
         *flags,
         *preset.pretrain_flags,
         "--per_device_train_batch_size", str(preset.pretrain_batch_size),
@@ -427,7 +465,7 @@ def finetuning_run(preset: Preset, objective: str, task: str, seed: int, minutes
         updates, batch = preset.cls_updates, preset.cls_batch_size
         name = f"{task.replace('_', '-')}-{objective}-seed{seed}"
     argv = [
-        *_common(preset, updates, seed, updates // 2),
+        *_common(preset, updates, seed, preset.save_every or updates // 2),
         *flags,
         "--model_name_or_path", source,
         "--per_device_train_batch_size", str(batch),
@@ -941,8 +979,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--preset", choices=sorted(PRESETS), default="cpu",
         help="Sizes: smoke (tiny corpora, a few updates, minutes), tiny (tiny encoder, default corpora, 47 min on 2 "
         "cores, measured), cpu (cpu encoder, 10-h corpus for pretraining, early-stopped fine-tuning; ASR only: 170 "
-        "min on 2 cores, measured; 114 min without simclr-utterance and the 60-min fine-tunes), gpu (bf16; needs "
-        "CUDA; not run yet). Default: cpu.",
+        "min on 2 cores, measured; 114 min without simclr-utterance and the 60-min fine-tunes), cpu-long (10x the "
+        "pretraining, fine-tuning capped at 3000 updates; 8-10 h on 2 cores, run it over several sessions: a rerun "
+        "resumes), gpu (bf16; needs CUDA; not run yet). Default: cpu.",
     )  # fmt: skip
     parser.add_argument(
         "--objectives", default=",".join(OBJECTIVES),
@@ -1040,7 +1079,7 @@ def smoke_version(preset: Preset) -> Preset:
         "model_size", "corpus_kwargs", "corpus_configs", "pretrain_updates", "pretrain_batch_size",
         "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples",
         "cls_updates", "cls_batch_size", "mixed_precision", "dataloader_num_workers", "eval_batch_size",
-        "logging_steps", "needs_cuda", "hubert_flags", "pretrain_flags",
+        "logging_steps", "needs_cuda", "hubert_flags", "pretrain_flags", "save_every",
     )  # fmt: skip
     label_minutes = smoke.label_minutes[: len(preset.label_minutes)]
     single = tuple(label_minutes[preset.label_minutes.index(m)] for m in preset.single_seed_minutes)

@@ -111,3 +111,34 @@ def test_pretraining_curve_smoke_probes_every_checkpoint_and_resumes(tmp_path, c
     again = bench.main(argv)
     assert again["curve"] == json.loads(json.dumps(payload["curve"], default=float))
     assert again["references"] == payload["references"]
+
+
+def test_cpu_long_plan_checkpoints_often_and_gives_every_objective_the_same_audio():
+    """The multi-session preset: every sub-run checkpoints every `save_every` updates (a killed session loses at most
+    that much per sub-run), HuBERT's updates are split over its 2 iterations, and fine-tunes early-stop under the
+    cap. Fails if the interval is not passed on (the default, a quarter of 4000 updates, would lose up to 1000)."""
+    bench = load_benchmark("label_efficiency")
+    preset = bench.PRESETS["cpu-long"]
+    runs = bench.plan_runs(preset, list(bench.OBJECTIVES), ["asr"], list(preset.seeds))
+
+    def flag(run, name):
+        return run.argv[run.argv.index(name) + 1]
+
+    assert {flag(r, "--save_steps") for r in runs} == {str(preset.save_every)}
+    pretraining = {r.objective: r for r in runs if r.kind == "pretrain"}
+    assert set(pretraining) == set(bench.OBJECTIVES) - {"none"}
+    for objective, run in pretraining.items():
+        iterations = 2 if objective == "hubert" else 1
+        updates = int(flag(run, "--max_steps")) * iterations
+        assert updates == preset.pretrain_updates
+        assert flag(run, "--per_device_train_batch_size") == str(preset.pretrain_batch_size)
+        assert float(flag(run, "--max_train_crop_s")) == preset.pretrain_crop_s
+        assert flag(run, "--dataset_config") == "large"
+    asr = [r for r in runs if r.kind == "asr"]
+    # 10 min x 2 seeds and 60 min x 1 seed, for every objective
+    assert len(asr) == 3 * len(bench.OBJECTIVES)
+    assert {flag(r, "--max_steps") for r in asr} == {"3000"}
+    assert {flag(r, "--early_stopping_min_steps") for r in asr} == {"1000"}
+    # --smoke keeps the structure at the smoke sizes, its own checkpoint interval included
+    smoke = bench.smoke_version(preset)
+    assert smoke.save_every is None and smoke.pretrain_updates == bench.PRESETS["smoke"].pretrain_updates

@@ -98,6 +98,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -108,6 +109,7 @@ import shlex
 import shutil
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +134,7 @@ __all__ = ["OBJECTIVES", "PRESETS", "TASKS", "Preset", "SubRun", "main", "plan_r
 logger = logging.getLogger("label_efficiency")
 
 RUN_RECORD = "benchmark_run.json"
+BENCHMARK_CLOCK = "benchmark.wall_time.json"  # in the preset's runs folder: wall time over every invocation
 LIBRISPEECH, SPEECH_COMMANDS, PROSODY = "synthetic-librispeech", "synthetic-speech-commands", "synthetic-prosody"
 
 #: Objective name -> (pretraining recipe, its extra flags); `none` is the no-pretraining baseline.
@@ -394,9 +397,57 @@ class RunRecord:
     seed: int | None
     label_minutes: float | None
     metrics: dict[str, Any]
-    wall_time_s: float
+    wall_time_s: float  # over all attempts (a sub-run killed with its benchmark and resumed by a rerun)
     finished_at: str
     train: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+
+
+class AttemptClock:
+    """Wall time of a piece of work over all its attempts, for work that is killed and rerun (`cpu-long`).
+
+    A JSON file (`{"attempts": n, "total_s": t}`) is rewritten atomically when the clock starts, every `every_s`
+    seconds while it runs and when it stops; a new attempt starts counting from the file's total. A killed attempt
+    thus counts up to its last write (at most `every_s` seconds are lost per kill).
+
+    Args:
+        path: the JSON file (its folder is created).
+        every_s: heartbeat interval in seconds.
+    """
+
+    def __init__(self, path: Path, every_s: float = 30.0):
+        self.path = path
+        previous = _read_json(path) if path.is_file() else {}
+        self.before_s = float(previous.get("total_s", 0.0))
+        self.attempts = int(previous.get("attempts", 0)) + 1
+        self.every_s = every_s
+        self._start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"clock:{path.name}", daemon=True)
+
+    @property
+    def total_s(self) -> float:
+        """Seconds over all attempts, this one so far included."""
+        return self.before_s + time.perf_counter() - self._start
+
+    def _write(self) -> None:
+        atomic_write_text(self.path, json.dumps({"attempts": self.attempts, "total_s": round(self.total_s, 1)}))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._write()
+
+    def __enter__(self) -> AttemptClock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._start = time.perf_counter()
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._write()
 
 
 # --------------------------------------------------------------------------------------------------- the plan
@@ -555,9 +606,12 @@ def execute(run: SubRun, runs_dir: Path, *, keep_checkpoints: bool = False) -> R
         return record
     argv = run.resolved_argv(runs_dir)
     logger.info("%s: %s %s", run.name, run.recipe, shlex.join(argv))
-    start = time.perf_counter()
-    summary = load_recipe(run.recipe).main(argv)
-    wall = time.perf_counter() - start
+    # beside the run's folder, not in it: the recipes refuse to start in a non-empty folder that is not their run
+    with AttemptClock(runs_dir / f"{run.name}.wall_time.json") as clock:
+        if clock.attempts > 1:
+            logger.info("%s: attempt %d (%.0f s before)", run.name, clock.attempts, clock.before_s)
+        summary = load_recipe(run.recipe).main(argv)
+    wall = clock.total_s
     if run.kind == "pretrain":
         train = _pretraining_summary(out)
         metrics: dict[str, Any] = {}
@@ -576,6 +630,7 @@ def execute(run: SubRun, runs_dir: Path, *, keep_checkpoints: bool = False) -> R
         wall_time_s=round(wall, 2),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         train=train,
+        attempts=clock.attempts,
     )
     atomic_write_text(record_path, json.dumps(dataclasses.asdict(record), indent=2, default=float))
     if not keep_checkpoints:  # the final model stays; resumable state is only needed while the run is unfinished
@@ -892,7 +947,13 @@ def markdown_report(payload: dict[str, Any]) -> str:
             f"Hardware: {device}, torch {hw.get('torch')}, {payload.get('jobs', 1)} sub-run(s) at a time with "
             f"{payload.get('threads_per_job') or hw.get('torch_threads')} torch thread(s) each. Sub-runs: "
             f"{payload['timings']['sum_of_runs_s'] / 60:.1f} min in all (sum of their wall times); wall time of the benchmark "
-            f"{(payload['timings']['total_s'] or 0.0) / 60:.1f} min. Plot: `{payload['name']}.png`.",
+            f"{(payload['timings']['total_s'] or 0.0) / 60:.1f} min"
+            + (
+                f" over {payload['timings']['invocations']} invocations (killed and rerun)"
+                if (payload["timings"].get("invocations") or 1) > 1
+                else ""
+            )
+            + f". Plot: `{payload['name']}.png`.",
         ]
     )
 
@@ -1129,18 +1190,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     records.append(record)
                 else:
                     logger.warning("%s was made with other arguments than this preset's; left out", run.name)
-    else:
-        timings["corpora_s"] = build_corpora(preset, args.tasks)
-    if not args.report_only and args.jobs > 1:
-        records = run_parallel(runs, runs_dir, args, start)
-    elif not args.report_only:
-        for i, run in enumerate(runs, 1):
-            logger.info("sub-run %d/%d: %s (%.1f min so far)", i, len(runs), run.name,
-                        (time.perf_counter() - start) / 60)  # fmt: skip
-            before = time.perf_counter()
-            records.append(execute(run, runs_dir, keep_checkpoints=args.keep_checkpoints))
-            if time.perf_counter() - before > 1.0:  # ran (not skipped): project the rest from runs of its kind
-                log_projection(records[-1], runs[i:], time.perf_counter() - start)
+    # wall time over every invocation that ran sub-runs (a multi-session preset is killed and rerun)
+    clock_path = runs_dir / BENCHMARK_CLOCK
+    with contextlib.nullcontext() if args.report_only else AttemptClock(clock_path):
+        if not args.report_only:
+            timings["corpora_s"] = build_corpora(preset, args.tasks)
+        if not args.report_only and args.jobs > 1:
+            records = run_parallel(runs, runs_dir, args, start)
+        elif not args.report_only:
+            for i, run in enumerate(runs, 1):
+                logger.info("sub-run %d/%d: %s (%.1f min so far)", i, len(runs), run.name,
+                            (time.perf_counter() - start) / 60)  # fmt: skip
+                before = time.perf_counter()
+                records.append(execute(run, runs_dir, keep_checkpoints=args.keep_checkpoints))
+                if time.perf_counter() - before > 1.0:  # ran (not skipped): project the rest from runs of its kind
+                    log_projection(records[-1], runs[i:], time.perf_counter() - start)
     timings["runs_s"] = {r.name: r.wall_time_s for r in records}
     timings["total_s"] = round(time.perf_counter() - start, 1)
     timings["sum_of_runs_s"] = round(sum(r.wall_time_s for r in records), 1)
@@ -1150,6 +1214,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the same finished sub-runs: keep the wall time and machine state of the invocation that ran them
         timings.update(corpora_s=previous["timings"].get("corpora_s", {}), total_s=previous["timings"].get("total_s"))
         hardware = previous.get("hardware", hardware)
+    if clock_path.is_file():  # the benchmark's own wall time over all its invocations, the report's too
+        spent = _read_json(clock_path)
+        timings.update(total_s=spent.get("total_s"), invocations=spent.get("attempts"))
 
     payload = {
         "benchmark": "label_efficiency",

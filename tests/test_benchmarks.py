@@ -81,6 +81,10 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
     # A rerun (in this process) finds every sub-run finished and trains nothing.
     again = bench.main(argv)
     assert [r["finished_at"] for r in again["runs"]] == [r["finished_at"] for r in payload["runs"]]
+    # the benchmark's wall time adds up over its invocations (a multi-session preset is killed and rerun)
+    assert payload["timings"]["invocations"] == 1 and again["timings"]["invocations"] == 2
+    assert again["timings"]["total_s"] >= payload["timings"]["total_s"] > 0
+    assert all(r["attempts"] == 1 and r["wall_time_s"] > 0 for r in payload["runs"])
     # A finished sub-run made with other arguments is refused, not silently reused.
     run = bench.finetuning_run(bench.smoke_version(bench.PRESETS["cpu"]), "none", "asr", 0, 0.5)
     run = dataclasses.replace(run, argv=[*run.argv, "--learning_rate", "1e-4"])
@@ -142,3 +146,40 @@ def test_cpu_long_plan_checkpoints_often_and_gives_every_objective_the_same_audi
     # --smoke keeps the structure at the smoke sizes, its own checkpoint interval included
     smoke = bench.smoke_version(preset)
     assert smoke.save_every is None and smoke.pretrain_updates == bench.PRESETS["smoke"].pretrain_updates
+
+
+def test_attempt_clock_counts_a_sigkilled_attempt_and_continues(tmp_path):
+    """A multi-session benchmark is killed with its session: the wall time of the killed attempt (up to its last
+    heartbeat) must survive into the next attempt's total, and the file must stay readable (atomic writes)."""
+    import signal
+    import subprocess
+    import time
+
+    path = tmp_path / "run.wall_time.json"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[1]);"
+            "from benchmarks.label_efficiency import AttemptClock;"
+            "clock = AttemptClock(__import__('pathlib').Path(sys.argv[2]), every_s=0.05).__enter__();"
+            "time.sleep(60)",
+            str(ROOT),
+            str(path),
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not path.is_file() or json.loads(path.read_text())["total_s"] < 1.0):
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed = json.loads(path.read_text())
+    assert killed["attempts"] == 1 and killed["total_s"] >= 1.0
+
+    bench = load_benchmark("label_efficiency")
+    with bench.AttemptClock(path, every_s=60) as clock:
+        assert clock.attempts == 2 and clock.before_s == killed["total_s"]
+        time.sleep(0.2)
+    resumed = json.loads(path.read_text())
+    assert resumed["attempts"] == 2
+    assert killed["total_s"] + 0.2 <= resumed["total_s"] < killed["total_s"] + 5

@@ -55,13 +55,13 @@ Presets (`--preset`):
 - `cpu-long`: the `cpu` preset at a budget where the 1500-update measurements of `README.md` say pretraining
   starts to pay (HuBERT iteration 1 still improving the phone probe at 2000 updates, its 10-minute fine-tune still
   improving at 1500 while the baseline had saturated by 500): 4000 pretraining updates of 8 x 4 s per objective
-  (35.6 h of audio, the `gpu` preset's budget; HuBERT 2 x 2000), ASR to early stopping (every 250 updates,
+  (up to 35.6 h of audio, the `gpu` preset's budget; HuBERT 2 x 2000), ASR to early stopping (every 250 updates,
   patience 3 counted from update 1000, cap 3000), a checkpoint every 250 updates of every sub-run. About 8-10 h
   wall on 2 cores by the measured rates (1.0 s per one-thread update of 8 x 4 s, SimCLR about twice that): more than
   one session, so it is made to be killed and rerun; each rerun skips the finished sub-runs and resumes the others
   from their newest checkpoint. `benchmarks/results/label_efficiency_cpu-long.*`.
 - `gpu`: the `gpu` encoder (29 M parameters, the `cpu` shape scaled), the same `large` corpus, 1000 pretraining
-  updates of 32 x 4 s (35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3
+  updates of 32 x 4 s (up to 35.6 h of audio per objective), ASR to early stopping (every 100 updates, patience 3
   counted from update 500, cap 1000, batch 16), bf16, 4 sub-runs at a time sharing the GPU and the 16 cores.
   Meant to fit 9 minutes on an H200, but its sizes are a guess, not a measurement: no GPU has run it yet.
   `--preset gpu --smoke` checks its orchestration on a CPU.
@@ -308,7 +308,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu-long": Preset(
         description=(
-            "cpu encoder, the gpu preset's 35.6 h of pretraining audio per objective (4000 updates of 8 x 4 s), "
+            "cpu encoder, up to the gpu preset's 35.6 h of pretraining audio per objective (4000 updates of 8 x 4 s), "
             "fine-tuning to early stopping (cap 3000), 2 CPU cores, run over several sessions (resumable)"
         ),
         model_size="cpu",

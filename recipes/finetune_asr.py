@@ -46,6 +46,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import sys
@@ -79,8 +80,10 @@ from hf_speech_cl.finetuning import (
     report_vocabulary_coverage,
 )
 from hf_speech_cl.finetuning.data import build_finetuning_datasets, column_values, loader_kwargs
+from hf_speech_cl.finetuning.decoding import LMDecodingArguments, lm_decode_splits
 from hf_speech_cl.presets import ENCODER_PRESETS, default_model_size
 from hf_speech_cl.training import PretrainingArguments, make_accelerator, train
+from hf_speech_cl.training.checkpointing import atomic_write_text
 
 logger = logging.getLogger("finetune_asr")
 
@@ -212,6 +215,15 @@ class ASRArguments:
         default=None, metadata={"help": "Clips per evaluation batch. Default: --per_device_train_batch_size."}
     )
     num_examples: int = field(default=5, metadata={"help": "Example transcriptions logged per evaluation."})
+    lm_decoding: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, also decode validation and test with a lexicon-constrained beam search and a "
+            "word bigram LM of the training transcripts, its weights tuned on validation (recipes/decode_asr.py, "
+            "wav2vec 2.0 §4.4); reported as lm_wer/lm_cer beside the greedy scores. Flags: --lm_weights, "
+            "--word_scores, --beam_size, --lexicon_word_list, --no_lm. Default: off (greedy CTC decoding only)."
+        },
+    )
 
 
 def _describe_mode(model_args: ASRArguments, freeze_updates: int, model) -> str:
@@ -233,7 +245,8 @@ def _describe_mode(model_args: ASRArguments, freeze_updates: int, model) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser(
-        (ASRArguments, DropoutArguments, DataArguments, PretrainingArguments), description=__doc__
+        (ASRArguments, DropoutArguments, LMDecodingArguments, DataArguments, PretrainingArguments),
+        description=__doc__,
     )
     parser.set_defaults(
         output_dir="outputs/asr",
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # and --early_stopping_patience N stops when it stops improving
         metric_for_best_model="cer",
     )
-    model_args, dropout_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, dropout_args, lm_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     model_args.model_size = model_args.model_size or default_model_size()  # cpu, or gpu with CUDA
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if model_args.ctc_loss_reduction not in ("mean", "sum"):
@@ -367,6 +380,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "test" in evaluators:
         accelerator.log(evaluators["test"](model), step=result.global_step)
     metrics = {name: {k.split("_", 1)[1]: v for k, v in ev.metrics.items()} for name, ev in evaluators.items()}
+    if model_args.lm_decoding and accelerator.is_main_process and "validation" in evaluators:
+        # one process decodes whole splits (the beam search runs on CPU); the same utterances as the evaluators
+        loaders = {
+            name: make_dataloader(splits[name], eval_collator, 8, shuffle=False) if name in evaluators else None
+            for name in ("validation", "test")
+        }
+        decoded = lm_decode_splits(
+            accelerator.unwrap_model(model),
+            tokenizer,
+            transcripts["train"],
+            loaders["validation"],
+            loaders["test"],
+            lm_args,
+        )
+        atomic_write_text(output_dir / "lm_decoding_results.json", json.dumps(decoded, indent=2) + "\n")
+        for name in ("validation", "test"):
+            if f"{name}_lm_wer" in decoded:
+                metrics[name].update(lm_wer=decoded[f"{name}_lm_wer"], lm_cer=decoded[f"{name}_lm_cer"])
+        logger.info(
+            "Beam search + word LM (lm_weight %s, word_score %s): %s",
+            decoded["lm_weight"],
+            decoded["word_score"],
+            ", ".join(f"{k} {v:.4f}" for k, v in decoded.items() if k.endswith(("lm_wer", "lm_cer"))),
+        )
     shown = "test" if "test" in evaluators else "validation"
 
     train_seconds = sum(getattr(splits["train"], "lengths", [])) / feature_extractor.sampling_rate
@@ -378,7 +415,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=args,
         savables=(Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer),),
         task_name="speech recognition (CTC)",
-        task_description="A character-level CTC speech recogniser (greedy decoding, no language model)",
+        task_description="A character-level CTC speech recogniser (greedy decoding, no language model"
+        + (
+            "; lm_wer/lm_cer: lexicon beam search with a word bigram LM, recipes/decode_asr.py)"
+            if model_args.lm_decoding
+            else ")"
+        ),
         mode_description=_describe_mode(model_args, freeze_updates, model),
         pipeline_tag="automatic-speech-recognition",
         recipe="recipes/finetune_asr.py",
@@ -388,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_minutes=None if data_args.streaming else train_seconds / 60,
         num_train_utterances=None if data_args.streaming else len(transcripts["train"]),
         metrics=metrics,
-        metric_names=("wer", "cer", "loss", "blank_fraction"),
+        metric_names=("wer", "cer", "lm_wer", "lm_cer", "loss", "blank_fraction"),
         hyperparameters={
             "SpecAugment": f"time {model_args.mask_time_prob} x {model_args.mask_time_length} frames, channels "
             f"{model_args.mask_feature_prob} x {model_args.mask_feature_length}",

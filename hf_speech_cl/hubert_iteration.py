@@ -187,6 +187,15 @@ class HubertArguments:
             "for further iterations. Paper: 100 on MFCCs, 500 on the layer features afterwards."
         },
     )
+    iteration_max_steps: str | None = field(
+        default=None,
+        metadata={
+            "help": "Updates of each iteration's training, comma-separated (the last value reused), e.g. 3000,1000: "
+            "iteration 1 needs enough updates to carry more phone information than its MFCC targets before its "
+            "re-clustered layer can give better labels (about 3000 of 8 x 4 s for the cpu preset, README). "
+            "Default: --max_steps for every iteration."
+        },
+    )
     label_layer: int | None = field(
         default=None,
         metadata={
@@ -273,11 +282,31 @@ class HubertArguments:
                 f"iteration) must be >= 2, got {self.iterations}"
             )
         _ = self.clusters_per_iteration
+        _ = self.steps_per_iteration(1)
 
     @property
     def first_iteration(self) -> int:
         """1, or 2 with --init_from (the checkpoint is iteration 1's model)."""
         return 2 if self.init_from else 1
+
+    def steps_per_iteration(self, default: int) -> list[int]:
+        """Updates of iterations 1..`iterations`: `--iteration_max_steps` (last value repeated), else `default`
+        (`--max_steps`) for each.
+
+        Raises:
+            ValueError: on a value that is not a positive integer.
+        """
+        if not self.iteration_max_steps:
+            return [default] * self.iterations
+        try:
+            values = [int(v) for v in self.iteration_max_steps.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--iteration_max_steps must be comma-separated integers, got {self.iteration_max_steps!r}"
+            ) from None
+        if not values or min(values) < 1:
+            raise ValueError(f"--iteration_max_steps needs integers >= 1, got {self.iteration_max_steps!r}")
+        return [values[min(i, len(values) - 1)] for i in range(self.iterations)]
 
     @property
     def clusters_per_iteration(self) -> list[int]:
@@ -971,6 +1000,8 @@ class HubertIterator:
                 )
             },
             "crop_s": data_args.max_train_crop_s,
+            # only when set, so runs started before the flag existed still resume
+            **({"iteration_max_steps": hubert_args.iteration_max_steps} if hubert_args.iteration_max_steps else {}),
         }
         if state.is_main_process:
             check_settings(folder, settings)
@@ -1019,6 +1050,7 @@ class HubertIterator:
         model_dir = self.model_dir(iteration)
         iteration_args = dataclasses.replace(
             args,
+            max_steps=hubert_args.steps_per_iteration(args.max_steps)[iteration - 1],
             output_dir=str(model_dir),
             push_to_hub=False,
             run_name=f"{args.run_name or self.output_dir.name}-iteration-{iteration}",

@@ -37,6 +37,7 @@ from hf_speech_cl.data import AudioCollator, DataArguments, make_dataloader
 from hf_speech_cl.finetuning import (
     DEFAULT_CHARS_TO_REMOVE,
     DataCollatorCTC,
+    ctc_tokenizer_for,
     encoder_min_input_samples,
     load_ctc_tokenizer,
     load_feature_extractor,
@@ -52,7 +53,10 @@ logger = logging.getLogger("decode_asr")
 @dataclass
 class DecodeArguments:
     model_name_or_path: str = field(
-        metadata={"help": "A fine-tuned CTC model folder of recipes/finetune_asr.py (model, vocab.json, processor)."}
+        metadata={
+            "help": "A fine-tuned CTC model folder of recipes/finetune_asr.py (model, vocab.json, processor), or one "
+            "of its checkpoint-N/ or best_model/ folders (the vocabulary is then rebuilt from the training transcripts)."
+        }
     )
     test_split: str = field(default="test", metadata={"help": "Split decoded with the tuned weights; `none` skips."})
     seed: int = field(
@@ -62,6 +66,9 @@ class DecodeArguments:
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Clips per forward pass. Default: 8."})
+    vocab_min_count: int = field(
+        default=1, metadata={"help": "As in fine-tuning, when the vocabulary has to be rebuilt. Default: 1."}
+    )
     chars_to_remove: str = field(
         default=DEFAULT_CHARS_TO_REMOVE,
         metadata={"help": "Regular expression of characters deleted from transcripts (as in fine-tuning)."},
@@ -77,9 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.time()
     path = args.model_name_or_path
-    tokenizer = load_ctc_tokenizer(path)
-    if tokenizer is None:
-        raise ValueError(f"{path} has no vocab.json: decode a model fine-tuned by recipes/finetune_asr.py")
     model = AutoModelForCTC.from_pretrained(path)
     feature_extractor = load_feature_extractor(path, data_args.sampling_rate)
     text = data_args.text_column
@@ -97,6 +101,17 @@ def main(argv: list[str] | None = None) -> dict:
     train_transcripts = [
         normalize_transcript(str(t), args.chars_to_remove) for t in column_values(splits["train"], text)
     ]
+    tokenizer = load_ctc_tokenizer(path)
+    if tokenizer is None:
+        # a checkpoint-N/ or best_model/ folder of a run: its vocabulary is the one fine-tuning built from the same
+        # training transcripts (hf_speech_cl.finetuning.vocab.build_character_vocab is deterministic)
+        tokenizer = ctc_tokenizer_for(None, train_transcripts, args.vocab_min_count)
+        logger.warning("%s has no vocab.json: rebuilt the vocabulary from the training transcripts", path)
+    if len(tokenizer) != model.config.vocab_size:
+        raise ValueError(
+            f"The vocabulary has {len(tokenizer)} tokens but the model's CTC head {model.config.vocab_size}: decode "
+            "the run's output folder (with vocab.json) or pass the data flags of the fine-tuning run"
+        )
     collator = DataCollatorCTC(
         AudioCollator(feature_extractor), tokenizer, text, args.chars_to_remove, return_text=True
     )

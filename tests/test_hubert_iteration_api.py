@@ -36,7 +36,13 @@ def make_iterator(out: Path, calls: list) -> HubertIterator:
         return result
 
     return HubertIterator(
-        HubertArguments(iterations=2, num_clusters="8,10", kmeans_sample_fraction=1.0, model_size="tiny"),
+        HubertArguments(
+            iterations=2,
+            num_clusters="8,10",
+            kmeans_sample_fraction=1.0,
+            model_size="tiny",
+            iteration_max_steps="2,3",  # uneven: iteration 2 trains 3 updates, --max_steps (2) is overridden
+        ),
         DataArguments(dataset_kwargs=json.dumps(CORPUS), max_eval_samples=3, max_train_crop_s=1.5),
         PretrainingArguments(
             output_dir=str(out),
@@ -100,7 +106,7 @@ def test_one_stage_at_a_time_each_resumable(tmp_path, corpus_cache_dir):
     # resumed for the history), then trains iteration 2 on the new labels
     calls.clear()
     second = make_iterator(out, calls)
-    assert second.train(2).global_step == 2 and len(mtimes(out / "iteration-1")) == len(before_iteration_1)
+    assert second.train(2).global_step == 3 and len(mtimes(out / "iteration-1")) == len(before_iteration_1)
     assert calls == [(1, [True] * len(again.stages)), (2, [False] * len(again.stages))]
     assert all(mtimes(out / "iteration-1")[p] == t for p, t in before_iteration_1.items())
     assert [(r["iteration"], r["num_clusters"], r["label_rate"]) for r in second.history] == [
@@ -116,3 +122,12 @@ def test_one_stage_at_a_time_each_resumable(tmp_path, corpus_cache_dir):
     # an iteration this run does not make is refused, naming the flag
     with pytest.raises(ValueError, match="--iterations"):
         second.label(3)
+
+
+def test_iteration_max_steps_parsing():
+    args = HubertArguments(iterations=3, iteration_max_steps="3000, 1000")
+    assert args.steps_per_iteration(400) == [3000, 1000, 1000]
+    assert HubertArguments(iterations=2).steps_per_iteration(400) == [400, 400]
+    for bad in ("3000,x", "0,10"):
+        with pytest.raises(ValueError, match="iteration_max_steps"):
+            HubertArguments(iteration_max_steps=bad)

@@ -152,6 +152,8 @@ TASKS: dict[str, tuple[str, list[str], str]] = {
     "keyword_spotting": ("finetune_audio_classification", ["--task", "keyword_spotting", "--probe"], SPEECH_COMMANDS),
     "prosody": ("finetune_audio_classification", ["--task", "emotion_recognition", "--probe"], PROSODY),
 }
+#: every ASR fine-tune also decodes with the lexicon beam search + word bigram LM (finetune_asr --lm_decoding)
+LM_DECODING = ("--lm_decoding", "true")
 TARGET_RELATIVE_REDUCTION = 0.30  # the project's target: >= 30% lower relative test WER at 10 minutes of labels
 
 
@@ -269,6 +271,7 @@ PRESETS: dict[str, Preset] = {
         eval_batch_size=8,
         logging_steps=1,
         hubert_flags=("--num_clusters", "10,20", "--kmeans_sample_fraction", "1.0"),
+        asr_flags=(*LM_DECODING, "--lm_weights", "1", "--word_scores", "0", "--lexicon_word_list", "none"),
     ),
     "tiny": Preset(
         description="tiny encoder (<1 M parameters), default offline corpora (2 h of synthetic speech), 2 CPU cores",
@@ -311,6 +314,7 @@ PRESETS: dict[str, Preset] = {
         seeds=(0, 1),
         logging_steps=25,
         jobs=2,
+        asr_flags=LM_DECODING,
     ),
     "cpu-long": Preset(
         description=(
@@ -338,6 +342,7 @@ PRESETS: dict[str, Preset] = {
         logging_steps=25,
         save_every=250,
         hubert_iteration_1_share=0.75,
+        asr_flags=LM_DECODING,
         jobs=2,
     ),
     "gpu": Preset(
@@ -369,6 +374,7 @@ PRESETS: dict[str, Preset] = {
         eval_batch_size=32,
         logging_steps=50,
         hubert_iteration_1_share=0.75,
+        asr_flags=LM_DECODING,
         jobs=4,
         needs_cuda=True,
     ),
@@ -804,7 +810,7 @@ def summarize(records: list[RunRecord], objectives: list[str], label_minutes: tu
             if runs:
                 entry["asr"][f"{minutes:g}"] = {
                     metric: _spread({r.seed: r.metrics.get(f"test_{metric}") for r in runs})
-                    for metric in ("wer", "cer", "loss", "blank_fraction")
+                    for metric in ("wer", "cer", "lm_wer", "lm_cer", "loss", "blank_fraction")
                 } | {
                     # updates trained (early stopping: where it stopped) and the update whose model was scored
                     "updates": _spread({r.seed: r.train.get("global_step") for r in runs}),
@@ -834,7 +840,7 @@ def _target(by_objective: dict[str, Any], label_minutes: tuple[float, ...]) -> d
         "label_minutes": min(label_minutes),
         "required_relative_reduction": TARGET_RELATIVE_REDUCTION,
     }
-    for metric in ("wer", "cer"):
+    for metric in ("wer", "cer", "lm_wer"):
         baseline = mean("none", metric)
         candidates = {o: mean(o, metric) for o in by_objective if o != "none" and mean(o, metric) is not None}
         if baseline is None or not candidates:
@@ -870,6 +876,14 @@ def markdown_report(payload: dict[str, Any]) -> str:
     head = ["objective", "pretraining (updates / audio h)"]
     probes = [t for t in ("keyword_spotting", "prosody") if t in payload.get("tasks", TASKS)]  # columns of tasks run
     head += [f"{name} {m} min" for m in minutes for name in ("WER", "CER")]
+    # beam search + word LM (finetune_asr --lm_decoding), when the preset ran it
+    lm = any(
+        (entry["asr"].get(m) or {}).get("lm_wer", {}).get("mean") is not None
+        for entry in summary["objectives"].values()
+        for m in minutes
+    )
+    if lm:
+        head += [f"{name} {m} min" for m in minutes for name in ("LM WER", "LM CER")]
     head += [{"keyword_spotting": "keyword acc.", "prosody": "prosody acc."}[t] for t in probes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for objective, entry in summary["objectives"].items():
@@ -878,6 +892,10 @@ def markdown_report(payload: dict[str, Any]) -> str:
         for m in minutes:
             asr = entry["asr"].get(m, {})
             cells += [_fmt(asr.get("wer"), 100), _fmt(asr.get("cer"), 100)]
+        if lm:
+            for m in minutes:
+                asr = entry["asr"].get(m, {})
+                cells += [_fmt(asr.get("lm_wer"), 100), _fmt(asr.get("lm_cer"), 100)]
         cells += [_fmt((entry[t] or {}).get("accuracy"), 100) for t in probes]
         lines.append("| " + " | ".join(cells) + " |")
     # Greedy CTC output stays empty (WER = CER = 100%) until a model leaves the blank-only plateau; the test CTC loss
@@ -912,11 +930,11 @@ def markdown_report(payload: dict[str, Any]) -> str:
         diag_lines.append("| " + " | ".join([*cells, pnmi or "–", updates]) + " |")
     target = summary["target"]
     verdicts = []
-    for metric in ("wer", "cer"):
+    for metric in ("wer", "cer", "lm_wer"):
         t = target.get(metric)
         if t:
             verdicts.append(
-                f"{metric.upper()}: best pretrained `{t['best_objective']}` {100 * t['best']:.1f}% vs "
+                f"{metric.upper().replace('_', ' ')}: best pretrained `{t['best_objective']}` {100 * t['best']:.1f}% vs "
                 f"{100 * t['baseline']:.1f}% without pretraining = {100 * t['relative_reduction']:.0f}% relative "
                 f"reduction ({'met' if t['met'] else 'NOT met'})"
             )
@@ -929,7 +947,13 @@ def markdown_report(payload: dict[str, Any]) -> str:
             "",
             f"{preset_line(payload)}. Test split of the offline corpora (unseen speakers and sentences); mean ± "
             f"sample standard deviation over seeds {seeds} (per-seed values in `{payload['name']}.json`), in %. "
-            "WER/CER: full CTC fine-tuning on the labeled minutes, greedy decoding, no language model."
+            "WER/CER: full CTC fine-tuning on the labeled minutes, greedy decoding, no language model"
+            + (
+                "; LM WER/CER: the same models decoded by a lexicon beam search with a word bigram LM of the labeled "
+                "transcripts, weights tuned on validation (`recipes/decode_asr.py`)."
+                if lm
+                else "."
+            )
             + (
                 " Keyword spotting (12 classes) and prosody (4 classes): frozen-encoder probe (SUPERB), whole train "
                 "split."
@@ -1160,7 +1184,7 @@ def smoke_version(preset: Preset) -> Preset:
         "model_size", "corpus_kwargs", "corpus_configs", "pretrain_updates", "pretrain_batch_size",
         "pretrain_crop_s", "pretrain_eval_samples", "asr_updates", "asr_batch_size", "asr_eval_samples",
         "cls_updates", "cls_batch_size", "mixed_precision", "dataloader_num_workers", "eval_batch_size",
-        "logging_steps", "needs_cuda", "hubert_flags", "pretrain_flags", "save_every",
+        "logging_steps", "needs_cuda", "hubert_flags", "pretrain_flags", "asr_flags", "save_every",
     )  # fmt: skip
     label_minutes = smoke.label_minutes[: len(preset.label_minutes)]
     single = tuple(label_minutes[preset.label_minutes.index(m)] for m in preset.single_seed_minutes)
@@ -1254,7 +1278,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for o, v in OBJECTIVES.items()
                 if o in args.objectives
             },
-            "asr": "recipes/finetune_asr.py: full fine-tuning, character CTC, greedy decoding; test WER/CER",
+            "asr": "recipes/finetune_asr.py: full fine-tuning, character CTC, greedy decoding (and with --lm_decoding "
+            "a lexicon beam search with a word bigram LM); test WER/CER",
             "keyword_spotting": "recipes/finetune_audio_classification.py --task keyword_spotting --probe; test "
             "accuracy (12 classes)",
             "prosody": "recipes/finetune_audio_classification.py --task emotion_recognition --probe; test accuracy "

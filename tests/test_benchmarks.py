@@ -55,7 +55,7 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
     objectives = data["summary"]["objectives"]
     assert objectives["wav2vec2"]["pretraining"]["updates"] == bench.PRESETS["smoke"].pretrain_updates
     for objective in ("none", "wav2vec2"):
-        for metric in ("wer", "cer"):
+        for metric in ("wer", "cer", "lm_wer", "lm_cer"):  # greedy, and the beam search + word LM (--lm_decoding)
             spread = objectives[objective]["asr"]["0.5"][metric]
             assert set(spread["per_seed"]) == {"0", "1"} and spread["std"] is not None
             assert spread["min"] <= spread["mean"] <= spread["max"]
@@ -73,6 +73,7 @@ def test_label_efficiency_smoke_reports_spread_and_target_and_resumes(tmp_path, 
     assert isinstance(target["wer"]["met"], bool)
     markdown = (results / "label_efficiency_smoke.md").read_text()
     assert "| `none` |" in markdown and "| `wav2vec2` | 2 / " in markdown and "Target" in markdown
+    assert "LM WER 0.5 min" in markdown and "LM WER: best pretrained" in markdown
     assert "linear phone probe" in markdown and "updates trained / scored" in markdown
 
     assert data["jobs"] == 2 and data["threads_per_job"] == 1
@@ -184,3 +185,25 @@ def test_attempt_clock_counts_a_sigkilled_attempt_and_continues(tmp_path):
     resumed = json.loads(path.read_text())
     assert resumed["attempts"] == 2
     assert killed["total_s"] + 0.2 <= resumed["total_s"] < killed["total_s"] + 5
+
+
+def test_asr_topline_smoke_reports_greedy_and_lm_scores_and_reuses_finished_steps(tmp_path, corpus_cache_dir):
+    """benchmarks/asr_topline.py end to end on the tiny corpus: the fine-tune, its LM decoding and the report; a
+    rerun finds both outputs and only rewrites the report. Fails if the curve, the test scores or the LM scores
+    are not carried into the JSON, or if a rerun trains again."""
+    bench = load_benchmark("asr_topline")
+    argv = ["--smoke", "--threads", "1", "--output_dir", str(tmp_path / "topline"), "--results_dir", str(tmp_path)]
+    argv += ["--lm_flags", "--lexicon_word_list none --lm_weights 1 --word_scores 0,1 --beam_size 8"]
+    payload = bench.main(argv)
+    assert [r["step"] for r in payload["validation_curve"]] == [2, 4]
+    assert payload["train"]["model_step"] == payload["train"]["best_step"] in (2, 4)
+    assert payload["test_greedy"]["test_num_utterances"] == 4
+    decoded = payload["lm_decoding"]
+    assert decoded["test_greedy_cer"] == pytest.approx(payload["test_greedy"]["test_cer"])  # the same model
+    assert 0 <= decoded["test_lm_wer"] and len(decoded["grid"]) == 2 and decoded["beam_size"] == 8
+    assert set(payload["timings"]) == {"finetune_wall_s", "decode_wall_s"}
+    saved = json.loads((tmp_path / "asr_topline_smoke.json").read_text())
+    assert saved["lm_decoding"]["test_lm_cer"] == decoded["test_lm_cer"]
+    assert "| greedy (no LM) |" in (tmp_path / "asr_topline_smoke.md").read_text()
+    again = bench.main(argv)
+    assert again["timings"] == {} and again["lm_decoding"] == decoded

@@ -433,6 +433,7 @@ def lm_decode_splits(
     lm_weights, word_scores = args.grid()
     out: dict[str, Any] = {
         "lexicon_size": len(words),
+        "beam_size": args.beam_size,
         "language_model": "none" if lm is None else "interpolated Kneser-Ney word bigram of the training transcripts",
     }
     splits = {"validation": validation_batches, "test": test_batches}

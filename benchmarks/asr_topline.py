@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         python, "recipes/finetune_asr.py", *(SMOKE_FLAGS if args.smoke else TOPLINE_FLAGS), *_data_flags(args),
         *shlex.split(args.extra), "--output_dir", str(out),
     ]  # fmt: skip
-    timings = {}
+    timings_file = out.parent / f"{out.name}.timings.json"  # kept across reruns that skip finished steps
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     if not (out / "all_results.json").is_file():
         print(f"[topline] fine-tuning into {out} (log: {log})", flush=True)
         timings["finetune_wall_s"] = _run(finetune, args.threads, log)
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     decoded = json.loads(decoded_file.read_text())
     if args.recipe_wall_s is not None:
         timings.setdefault("finetune_wall_s", args.recipe_wall_s)
+    timings_file.write_text(json.dumps(timings) + "\n")
     curve = [
         {k: r[k] for k in ("step", "eval_cer", "eval_wer", "eval_loss") if k in r}
         for r in _read_jsonl(out / "logs" / "metrics.jsonl")

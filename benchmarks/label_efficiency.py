@@ -7,9 +7,10 @@ and crop length, so the same audio hours) for five starting points:
 - `none`: a randomly initialised encoder (the no-pretraining baseline);
 - `simclr-utterance`, `simclr-frame`: `recipes/pretrain_simclr.py --granularity utterance|frame`;
 - `wav2vec2`: `recipes/pretrain_wav2vec2.py`;
-- `hubert`: `recipes/pretrain_hubert.py --iterations 2`; its budget of U updates is split evenly over the two
-  iterations (U/2 on MFCC k-means labels, U/2 on labels from the iteration-1 model; paper §IV-C trains each iteration
-  from scratch too), plus the labelling stages, which the other objectives do not need.
+- `hubert`: `recipes/pretrain_hubert.py --iterations 2`; its budget of U updates is split over the two iterations
+  (`hubert_iteration_1_share` of U on MFCC k-means labels, the rest on labels from the iteration-1 model: half each
+  in the `tiny` and `cpu` presets, 3/4 + 1/4 in `cpu-long` and `gpu`; paper §IV-C trains each iteration from scratch
+  too), plus the labelling stages, which the other objectives do not need.
 
 Each objective keeps its recipe's own peak learning rate (SimCLR 5e-4, wav2vec 2.0 1e-3, HuBERT 2e-3) and warm-up.
 Then, per objective and seed:
@@ -165,7 +166,7 @@ class Preset:
         description: one line for the report.
         model_size: encoder preset of every model (`hf_speech_cl.presets`: tiny, small, base).
         corpus_kwargs: size parameters per offline corpus (`--dataset_kwargs`); empty = the corpus defaults.
-        pretrain_updates: optimizer updates per objective (HuBERT: split evenly over its 2 iterations).
+        pretrain_updates: optimizer updates per objective (HuBERT: split over its 2 iterations, `hubert_iteration_1_share`).
         pretrain_batch_size: clips per update (SimCLR turns each into two augmented views).
         pretrain_crop_s: random crop of every pretraining clip, the same for every objective (the recipes' defaults
             differ: 3 s SimCLR, 4 s the others). The cpu preset uses 2 s: twice the updates per CPU second at 4 s
@@ -491,7 +492,7 @@ def pretraining_run(preset: Preset, objective: str) -> SubRun:
     recipe, flags = OBJECTIVES[objective]
     updates = preset.pretrain_updates
     if objective == "hubert":  # the budget is split over the two iterations: --max_steps counts per iteration
-        first = max(1, round(updates * preset.hubert_iteration_1_share))
+        first = max(1, min(updates - 1, round(updates * preset.hubert_iteration_1_share)))
         second = max(1, updates - first)
         updates = first
         flags = [*flags, *preset.hubert_flags, "--iteration_max_steps", f"{first},{second}"]
@@ -1016,7 +1017,9 @@ def preset_line(payload: dict[str, Any]) -> str:
 
 def _hubert_split(p: dict[str, Any]) -> str:
     """HuBERT's updates per iteration as the report states them (older payloads have no share: an even split)."""
-    first = max(1, round(p["pretrain_updates"] * p.get("hubert_iteration_1_share", 0.5)))
+    first = max(
+        1, min(p["pretrain_updates"] - 1, round(p["pretrain_updates"] * p.get("hubert_iteration_1_share", 0.5)))
+    )
     second = max(1, p["pretrain_updates"] - first)
     if first == second:
         return f"{first} per iteration, 2 iterations"
@@ -1284,7 +1287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "accuracy (12 classes)",
             "prosody": "recipes/finetune_audio_classification.py --task emotion_recognition --probe; test accuracy "
             "(4 prosody classes)",
-            "hubert_budget": "pretrain_updates split evenly over 2 iterations (--max_steps counts per iteration)",
+            "hubert_budget": "pretrain_updates split over 2 iterations by hubert_iteration_1_share (--iteration_max_steps)",
         },  # fmt: skip
         "summary": summarize(records, args.objectives, preset.label_minutes),
         "runs": [dataclasses.asdict(r) for r in records],

@@ -33,7 +33,7 @@ Resumability: every labelling stage is published atomically with a completion ma
 one restarts cleanly and a finished one is skipped; training continues from its newest checkpoint and a finished
 training (`iteration-{i}/model/stage_complete.json`) is skipped; `iteration.json` refuses to resume an iteration that
 was started with other settings. The training arguments (`max_steps`, `learning_rate`, ...) apply to EACH
-iteration's training. Under `torchrun` / `accelerate launch` the labels are made once (main process first, the others
+iteration's training (`--iteration_max_steps 3000,1000` gives the iterations different numbers of updates). Under `torchrun` / `accelerate launch` the labels are made once (main process first, the others
 then find them complete) and training is data-parallel.
 
 One iteration or one stage from a notebook (the recipe's defaults are `PretrainingArguments(max_steps=300,
@@ -193,7 +193,8 @@ class HubertArguments:
             "help": "Updates of each iteration's training, comma-separated (the last value reused), e.g. 3000,1000: "
             "iteration 1 needs enough updates to carry more phone information than its MFCC targets before its "
             "re-clustered layer can give better labels (about 3000 of 8 x 4 s for the cpu preset, README). "
-            "Default: --max_steps for every iteration."
+            "Default: --max_steps for every iteration. The warm-up follows each iteration's updates with "
+            "--warmup_ratio; an explicit --warmup_steps is the same for every iteration."
         },
     )
     label_layer: int | None = field(
@@ -1001,7 +1002,11 @@ class HubertIterator:
             },
             "crop_s": data_args.max_train_crop_s,
             # only when set, so runs started before the flag existed still resume
-            **({"iteration_max_steps": hubert_args.iteration_max_steps} if hubert_args.iteration_max_steps else {}),
+            **(
+                {"iteration_max_steps": hubert_args.steps_per_iteration(args.max_steps)}
+                if hubert_args.iteration_max_steps
+                else {}
+            ),
         }
         if state.is_main_process:
             check_settings(folder, settings)
@@ -1158,7 +1163,10 @@ class HubertIterator:
             accelerator,
             model,
             self._results[final_iteration],
-            dataclasses.replace(args, push_to_hub=False),
+            # the card describes the final iteration's training: its own --iteration_max_steps value
+            dataclasses.replace(
+                args, push_to_hub=False, max_steps=self.hubert_args.steps_per_iteration(args.max_steps)[-1]
+            ),
             self.hubert_args,
             self.data_args,
             self._history_until(final_iteration),

@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     path = args.model_name_or_path
     model = AutoModelForCTC.from_pretrained(path)
-    feature_extractor = load_feature_extractor(path, data_args.sampling_rate)
+    # a checkpoint-N/ or best_model/ folder holds only the model: its run folder (the parent) has the processor
+    run_folder = next((p for p in (Path(path), Path(path).parent) if (p / "vocab.json").is_file()), None)
+    feature_extractor = load_feature_extractor(str(run_folder or path), data_args.sampling_rate)
     text = data_args.text_column
     test_split = None if args.test_split.lower() in ("", "none") else args.test_split
     splits = build_finetuning_datasets(
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_transcripts = [
         normalize_transcript(str(t), args.chars_to_remove) for t in column_values(splits["train"], text)
     ]
-    tokenizer = load_ctc_tokenizer(path)
+    tokenizer = load_ctc_tokenizer(run_folder) if run_folder is not None else None
     if tokenizer is None:
         # a checkpoint-N/ or best_model/ folder of a run: its vocabulary is the one fine-tuning built from the same
         # training transcripts (hf_speech_cl.finetuning.vocab.build_character_vocab is deterministic)

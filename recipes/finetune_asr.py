@@ -380,29 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "test" in evaluators:
         accelerator.log(evaluators["test"](model), step=result.global_step)
     metrics = {name: {k.split("_", 1)[1]: v for k, v in ev.metrics.items()} for name, ev in evaluators.items()}
-    if model_args.lm_decoding and accelerator.is_main_process and "validation" in evaluators:
-        # one process decodes whole splits (the beam search runs on CPU); the same utterances as the evaluators
-        loaders = {
-            name: make_dataloader(splits[name], eval_collator, 8, shuffle=False) if name in evaluators else None
-            for name in ("validation", "test")
-        }
-        decoded = lm_decode_splits(
-            accelerator.unwrap_model(model),
-            tokenizer,
-            transcripts["train"],
-            loaders["validation"],
-            loaders["test"],
-            lm_args,
-        )
-        atomic_write_text(output_dir / "lm_decoding_results.json", json.dumps(decoded, indent=2) + "\n")
-        for name in ("validation", "test"):
-            if f"{name}_lm_wer" in decoded:
-                metrics[name].update(lm_wer=decoded[f"{name}_lm_wer"], lm_cer=decoded[f"{name}_lm_cer"])
-        logger.info(
-            "Beam search + word LM (lm_weight %s, word_score %s): %s",
-            decoded["lm_weight"],
-            decoded["word_score"],
-            ", ".join(f"{k} {v:.4f}" for k, v in decoded.items() if k.endswith(("lm_wer", "lm_cer"))),
+    if model_args.lm_decoding:
+        _lm_decode(
+            model_args, lm_args, accelerator, model, tokenizer, splits, eval_collator, transcripts, metrics, output_dir
         )
     shown = "test" if "test" in evaluators else "validation"
 
@@ -461,6 +441,58 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         + f"; model in {out}"
     )
     return summary
+
+
+def _lm_decode(
+    model_args, lm_args, accelerator, model, tokenizer, splits, collator, transcripts, metrics, output_dir: Path
+) -> None:
+    """`--lm_decoding`: beam search + word LM on validation and test, into `metrics` and lm_decoding_results.json.
+
+    One process only: with several, the others would wait in `finalize_finetuning`'s collectives while it decodes
+    (and time out on a long decode), so there it is skipped with the `recipes/decode_asr.py` command to run after.
+    A failure is logged, not raised: the model is still saved.
+    """
+    if accelerator.num_processes > 1:
+        logger.warning(
+            "--lm_decoding runs in a single process; skipped here (%d processes): run `python recipes/decode_asr.py "
+            "--model_name_or_path %s` with this run's data flags after training",
+            accelerator.num_processes,
+            output_dir,
+        )
+        return
+    if splits["validation"] is None:
+        logger.warning("--lm_decoding tunes its weights on the validation split, which this run has not: skipped")
+        return
+    loaders = {
+        name: make_dataloader(splits[name], collator, model_args.eval_batch_size or 8, shuffle=False)
+        if splits[name] is not None
+        else None
+        for name in ("validation", "test")
+    }
+    try:
+        decoded = lm_decode_splits(
+            accelerator.unwrap_model(model),
+            tokenizer,
+            transcripts["train"],
+            loaders["validation"],
+            loaders["test"],
+            lm_args,
+        )
+    except Exception:  # the model matters more than its LM scores
+        logger.exception(
+            "--lm_decoding failed; the model is saved without LM scores (recipes/decode_asr.py redoes it)"
+        )
+        return
+    atomic_write_text(output_dir / "lm_decoding_results.json", json.dumps(decoded, indent=2) + "\n")
+    for name in ("validation", "test"):
+        if f"{name}_lm_wer" in decoded:
+            metrics[name].update(lm_wer=decoded[f"{name}_lm_wer"], lm_cer=decoded[f"{name}_lm_cer"])
+    logger.info(
+        "Beam search + word LM (lm_weight %s, word_score %s): %s",
+        decoded["lm_weight"],
+        decoded["word_score"],
+        ", ".join(f"{k} {v:.4f}" for k, v in decoded.items() if k.endswith(("lm_wer", "lm_cer"))),
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ Every stage resumes: a rerun of the same command skips finished stages (each is 
 completion marker, so an interrupted one restarts cleanly) and training continues from its newest checkpoint.
 
 The training flags (`--max_steps`, `--learning_rate`, `--save_steps`, ...) apply to EACH iteration's training:
-`--iterations 2 --max_steps 300` trains 2 x 300 updates.
+`--iterations 2 --max_steps 300` trains 2 x 300 updates; `--iteration_max_steps 3000,1000` trains 3000 then 1000.
 
 Random crops (`--max_train_crop_s`) cut the labels with the audio (fairseq `collater_frm_label` offsets).
 

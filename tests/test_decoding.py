@@ -50,6 +50,10 @@ def test_bigram_lm_sums_to_one_and_prefers_seen_bigrams():
     assert lm.log_prob("CAT", "THE") == pytest.approx(math.log(lm.prob("CAT", "THE")))
     # on its own training text the bigram beats the uniform distribution over the vocabulary
     assert lm.perplexity(TRAIN) < len(words) + 1
+    # a word outside the vocabulary breaks the sentence: no (A, B) bigram from "A X B"
+    broken = WordBigramLM(["A X B"], ["A", "B"])
+    assert broken.prob("B", "A") == pytest.approx(broken.unigram_prob("B"))
+    assert broken.prob("A", "<s>") > broken.unigram_prob("A")
     with pytest.raises(ValueError, match="discount"):
         WordBigramLM(TRAIN, words, discount=1.0)
 
@@ -109,6 +113,11 @@ def test_lm_decoding_in_finetune_asr_and_decode_asr_agree(tmp_path, tiny_librisp
     assert result["test_lm_wer"] == pytest.approx(summary["test_lm_wer"])
     assert result["test_num_utterances"] == 4 and len(result["grid"]) == 2 and result["lexicon_size"] > 1000
     assert json.loads((tmp_path / "r.json").read_text())["test_lm_cer"] == result["test_lm_cer"]
+    # a checkpoint folder (model only) takes the vocabulary and feature extractor of its run folder
+    argv = ["--model_name_or_path", str(out / "checkpoint-2"), "--dataset_kwargs", kwargs, "--train_minutes", "1"]
+    from_checkpoint = decode.main([*argv, "--max_eval_samples", "4", "--test_split", "none", *grid])
+    assert from_checkpoint["validation_greedy_cer"] == pytest.approx(result["validation_greedy_cer"])
+    assert "test_lm_wer" not in from_checkpoint
 
 
 def test_decode_asr_help_documents_every_flag(capsys):

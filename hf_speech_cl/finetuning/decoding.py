@@ -17,8 +17,8 @@ decoder with the parts that run offline:
   level is interpolated with a uniform distribution over the lexicon so every lexicon word has a probability. KenLM's
   `lmplz` (what fairseq uses) is not on PyPI or in Debian, and the flashlight-text wheel has no KenLM; a bigram of a
   few thousand sentences is small enough for Python (`torchaudio`'s `CTCDecoderLM` interface);
-- `tune_lm_decoding` picks the LM weight and word score on the validation split (as the paper does on dev-clean/
-  dev-other) and `CTCBeamSearchDecoder` decodes the test split with them.
+- `tune_lm_decoding` picks the LM weight and word score on the validation split (as the paper does on its dev
+  set) and `CTCBeamSearchDecoder` decodes the test split with them.
 
 Scores are natural logarithms: `lm_weight` multiplies the LM's log-probability, `word_score` is added per word
 (`score = acoustic log-prob + lm_weight * log P_LM + word_score * num_words`, flashlight `LexiconDecoder`).
@@ -69,7 +69,7 @@ SENTENCE_END = "</s>"
 def _require_decoder():
     try:
         from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState, ctc_decoder
-    except ImportError as err:  # torchaudio raises ImportError/RuntimeError without flashlight-text
+    except (ImportError, RuntimeError) as err:  # torchaudio's lazy import raises RuntimeError without it
         raise ImportError(
             "Lexicon beam-search decoding needs the `flashlight-text` package (pip install flashlight-text); "
             f"torchaudio said: {err}"
@@ -110,13 +110,21 @@ def lexicon_words(
     return spellable
 
 
+def _bigrams(sentence: str, known: set[str]) -> list[tuple[str, str]]:
+    """The (history, word) pairs of `<s> sentence </s>` whose two words are `known` (or `<s>`/`</s>`)."""
+    words = [SENTENCE_START, *sentence.split(), SENTENCE_END]
+    ok = [i == 0 or i == len(words) - 1 or w in known for i, w in enumerate(words)]
+    return [(words[i], words[i + 1]) for i in range(len(words) - 1) if ok[i] and ok[i + 1]]
+
+
 class WordBigramLM:
     """Interpolated Kneser–Ney word bigram over a closed vocabulary (Chen & Goodman 1998, §3), natural-log scores.
 
     `P(w | v) = max(c(v w) - D, 0) / c(v) + D * N1+(v •) / c(v) * P_uni(w)` for a seen history v, `P_uni(w)`
     otherwise; `P_uni(w) = max(N1+(• w) - D, 0) / N1+(• •) + D * |{w: N1+(• w) > 0}| / N1+(• •) / |V|`: continuation
     counts interpolated with the uniform distribution over `vocabulary` + `</s>`, so both levels sum to 1 over it.
-    Sentences are padded with `<s>` and `</s>`; words outside `vocabulary` are dropped from the counts.
+    Sentences are padded with `<s>` and `</s>`; a word outside `vocabulary` breaks the sentence there (no bigram
+    spans it), as an `<unk>` with no probability of its own would.
 
     Args:
         sentences: training text, one normalised sentence per item (words separated by spaces).
@@ -137,8 +145,7 @@ class WordBigramLM:
         known = set(self.vocabulary)
         bigrams: Counter[tuple[str, str]] = Counter()
         for sentence in sentences:
-            words = [SENTENCE_START] + [w for w in sentence.split() if w in known] + [SENTENCE_END]
-            bigrams.update(zip(words, words[1:]))
+            bigrams.update(_bigrams(sentence, known))
         self._bigram = dict(bigrams)
         self._history_count: Counter[str] = Counter()
         self._history_types: Counter[str] = Counter()
@@ -177,8 +184,7 @@ class WordBigramLM:
         known = set(self.vocabulary)
         total, count = 0.0, 0
         for sentence in sentences:
-            words = [SENTENCE_START] + [w for w in sentence.split() if w in known] + [SENTENCE_END]
-            for v, w in zip(words, words[1:]):
+            for v, w in _bigrams(sentence, known):
                 total += self.log_prob(w, v)
                 count += 1
         return math.exp(-total / max(count, 1))
@@ -205,8 +211,10 @@ def _decoder_lm(lm: WordBigramLM | None, words: Sequence[str]):
             return child, lm.log_prob(word, self.history[state])
 
         def score(self, state, usr_token_idx: int):
-            if usr_token_idx < 0 or usr_token_idx >= len(words):  # <unk>
-                return self.root.child(len(words)), -math.inf
+            if usr_token_idx < 0 or usr_token_idx >= len(words):  # <unk>: an unseen history for the next word
+                child = self.root.child(len(words))
+                self.history.setdefault(child, UNK_TOKEN)
+                return child, -math.inf
             return self._next(state, usr_token_idx, words[usr_token_idx])
 
         def finish(self, state):
@@ -338,8 +346,8 @@ def tune_lm_decoding(
 
 
 def collect_log_probs(model: torch.nn.Module, batches: Iterable[dict]) -> tuple[list[torch.Tensor], list[str]]:
-    """Run a CTC model over `DataCollatorCTC(return_text=True)` batches; per utterance (T_i, V) log-probs on CPU
-    (valid frames only) and the reference texts."""
+    """Run a CTC model over `DataCollatorCTC(return_text=True)` batches (CPU tensors, moved to the model's device);
+    per utterance (T_i, V) log-probs on CPU (valid frames only) and the reference texts."""
     from .ctc import ctc_output_lengths
 
     was_training = model.training
@@ -351,6 +359,8 @@ def collect_log_probs(model: torch.nn.Module, batches: Iterable[dict]) -> tuple[
                 continue
             texts = batch.pop("text")
             batch.pop("labels", None)
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits = model(**batch).logits
             lengths = ctc_output_lengths(model, batch.get("attention_mask"), logits)
             lp = torch.log_softmax(logits.float(), dim=-1).cpu()
@@ -416,7 +426,7 @@ def lm_decode_splits(
     beside it.
 
     Args:
-        model: the fine-tuned CTC model (`AutoModelForCTC`), on any device.
+        model: the fine-tuned CTC model (`AutoModelForCTC`), on any device (the batches are moved to it).
         tokenizer: its CTC tokenizer.
         train_transcripts: normalised training transcripts: the LM's text and part of the lexicon.
         validation_batches, test_batches: `DataCollatorCTC(return_text=True)` batches (one process, not sharded).

@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import REPO_ROOT, hardware_info, write_results
+from hf_speech_cl.training import read_metrics
 
 #: the topline's fine-tuning flags (see the module docstring for why each)
 TOPLINE_FLAGS = [
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings_file.write_text(json.dumps(timings) + "\n")
     curve = [
         {k: r[k] for k in ("step", "eval_cer", "eval_wer", "eval_loss") if k in r}
-        for r in _read_jsonl(out / "logs" / "metrics.jsonl")
+        for r in read_metrics(out / "logs")
         if "eval_cer" in r
     ]
     train = json.loads((out / "train_results.json").read_text())
@@ -174,12 +175,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(markdown(payload))
     return payload
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def markdown(payload: dict[str, Any]) -> str:

@@ -436,7 +436,7 @@ def lm_decode_splits(
         `{"validation_greedy_wer", "validation_greedy_cer", "validation_lm_wer", "validation_lm_cer", "test_…"
         (the same four), "lm_weight", "word_score", "lexicon_size", "lm_validation_perplexity", "grid"}`.
     """
-    from .ctc import asr_metrics
+    from .ctc import asr_metrics, greedy_ctc_decode
 
     words = lexicon_words(
         train_transcripts, tokenizer, None if args.lexicon_word_list.lower() == "none" else args.lexicon_word_list
@@ -455,7 +455,8 @@ def lm_decode_splits(
             continue
         log_probs, references = collect_log_probs(model, batches)
         decoded[name] = (log_probs, references)
-        greedy = [" ".join(t.split()) for t in tokenizer.batch_decode([lp.argmax(-1).tolist() for lp in log_probs])]
+        # the evaluators' best-path decoding, one utterance at a time (each holds its valid frames only)
+        greedy = [greedy_ctc_decode(lp[None], torch.tensor([len(lp)]), tokenizer)[0][0] for lp in log_probs]
         scores = asr_metrics(greedy, references)
         out[f"{name}_greedy_wer"], out[f"{name}_greedy_cer"] = scores["wer"], scores["cer"]
         out[f"{name}_num_utterances"] = len(references)

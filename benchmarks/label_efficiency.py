@@ -488,12 +488,18 @@ def _common(preset: Preset, updates: int, seed: int, save_every: int) -> list[st
     return argv
 
 
+def hubert_iteration_updates(total: int, share: float) -> tuple[int, int]:
+    """HuBERT's updates of iterations 1 and 2 out of `total`: `share` of it for iteration 1, at least 1 each (and
+    never more than `total` together when `total` >= 2)."""
+    first = max(1, min(total - 1, round(total * share)))
+    return first, max(1, total - first)
+
+
 def pretraining_run(preset: Preset, objective: str) -> SubRun:
     recipe, flags = OBJECTIVES[objective]
     updates = preset.pretrain_updates
     if objective == "hubert":  # the budget is split over the two iterations: --max_steps counts per iteration
-        first = max(1, min(updates - 1, round(updates * preset.hubert_iteration_1_share)))
-        second = max(1, updates - first)
+        first, second = hubert_iteration_updates(updates, preset.hubert_iteration_1_share)
         updates = first
         flags = [*flags, *preset.hubert_flags, "--iteration_max_steps", f"{first},{second}"]
     argv = [
@@ -1017,10 +1023,7 @@ def preset_line(payload: dict[str, Any]) -> str:
 
 def _hubert_split(p: dict[str, Any]) -> str:
     """HuBERT's updates per iteration as the report states them (older payloads have no share: an even split)."""
-    first = max(
-        1, min(p["pretrain_updates"] - 1, round(p["pretrain_updates"] * p.get("hubert_iteration_1_share", 0.5)))
-    )
-    second = max(1, p["pretrain_updates"] - first)
+    first, second = hubert_iteration_updates(p["pretrain_updates"], p.get("hubert_iteration_1_share", 0.5))
     if first == second:
         return f"{first} per iteration, 2 iterations"
     return f"{first} updates on MFCC labels, then {second} on labels of iteration 1's layer"

@@ -184,7 +184,9 @@ class Preset:
         eval_batch_size: clips per test batch.
         logging_steps: logging interval of the recipes (updates).
         needs_cuda: refuse to run without a CUDA device.
-        hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora).
+        hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora;
+            `--continue_iterations` where iteration 2 gets a quarter of the budget: a fresh model with so few updates
+            would probe far below the iteration-1 model its labels come from).
         hubert_iteration_1_share: share of `pretrain_updates` HuBERT's iteration 1 (MFCC labels) trains; iteration 2
             gets the rest. 0.5 splits evenly; 0.75 for the budgets where iteration 1 can learn more than its MFCC
             targets (the cpu encoder's phone probe passed MFCC only after ~3000 updates of 8 x 4 s, README), since
@@ -271,7 +273,7 @@ PRESETS: dict[str, Preset] = {
         seeds=(0, 1),
         eval_batch_size=8,
         logging_steps=1,
-        hubert_flags=("--num_clusters", "10,20", "--kmeans_sample_fraction", "1.0"),
+        hubert_flags=("--num_clusters", "10,20", "--kmeans_sample_fraction", "1.0", "--continue_iterations"),
         asr_flags=(*LM_DECODING, "--lm_weights", "1", "--word_scores", "0", "--lexicon_word_list", "none"),
     ),
     "tiny": Preset(
@@ -343,6 +345,7 @@ PRESETS: dict[str, Preset] = {
         logging_steps=25,
         save_every=250,
         hubert_iteration_1_share=0.75,
+        hubert_flags=("--continue_iterations",),
         asr_flags=LM_DECODING,
         jobs=2,
     ),
@@ -375,6 +378,7 @@ PRESETS: dict[str, Preset] = {
         eval_batch_size=32,
         logging_steps=50,
         hubert_iteration_1_share=0.75,
+        hubert_flags=("--continue_iterations",),
         asr_flags=LM_DECODING,
         jobs=4,
         needs_cuda=True,

@@ -6,9 +6,11 @@ of the training split into K=100 clusters (`simple_kmeans/dump_mfcc_feature.py`,
 split (`dump_km_label.py`) and trains a `HubertForPreTraining` to predict the labels of masked frames. Iteration
 i > 1 clusters hidden layer L of iteration i-1's model (`HubertArguments.label_layer`, default `default_label_layer`
 of its depth N: N // 2, i.e. 6 of BASE's 12 as in the paper and 1 of `tiny`'s 2; 9 for N >= 24) into K=500
-clusters, relabels, and trains a fresh model on the new labels. Fresh, not continued (unless `init_from`), as in the
-paper (§IV-C: each iteration trains a new model on the new targets) and fairseq's recipe: the prediction head changes
-size with K anyway, and each iteration's model then depends only on its labels. Label quality (phone purity, cluster
+clusters, relabels, and trains a fresh model on the new labels. Fresh, not continued (unless `init_from` or
+`continue_iterations`), as in the paper (§IV-C: each iteration trains a new model on the new targets) and fairseq's
+recipe: the prediction head changes size with K anyway, and each iteration's model then depends only on its labels.
+`continue_iterations` starts iteration i from iteration i-1's encoder instead (a new head): on a CPU budget a fresh
+iteration-2 model would spend its few updates relearning what iteration 1 knew. Label quality (phone purity, cluster
 purity, PNMI: §IV-E, fairseq `measure_teacher_quality.py`) is measured on every split with phone alignments.
 
 With `init_from` (continued pretraining) a HuBERT checkpoint (stock `HubertModel` / `HubertForCTC` or one of these
@@ -178,6 +180,16 @@ class HubertArguments:
             "1's model: iteration 2 clusters its layer --label_layer and trains from its encoder weights with a new "
             "prediction head. Its architecture is kept (a --model_size or --config_overrides that changes it is an "
             "error)."
+        },
+    )
+    continue_iterations: bool = field(
+        default=False,
+        metadata={
+            "help": "Start iteration i > 1 from the encoder weights of iteration i-1's model (a new prediction head "
+            "for the new K) instead of a fresh model. The paper (§IV-C) and fairseq train every iteration from "
+            "scratch, which on a budget of a few thousand updates starts iteration 2 over: a fresh model after 1000 "
+            "of them probes far below the iteration-1 model its labels came from (README). With --init_from every "
+            "iteration already continues."
         },
     )
     num_clusters: str = field(
@@ -924,7 +936,8 @@ class HubertIterator:
         else:
             description = f"layer {layer} of the iteration-{iteration - 1} model"
         # continued pretraining: every iteration starts from the model its labels came from
-        continue_from = str(previous) if init_from else None
+        continues = init_from or self.hubert_args.continue_iterations
+        continue_from = str(previous) if continues and previous is not None else None
         return _LabelSource(previous, previous_config, layer, description, continue_from)
 
     # -- the stages -------------------------------------------------------------------------------------------------

@@ -5,21 +5,23 @@ Iteration 1 clusters 39-d MFCCs (13 + Δ + ΔΔ) of the training split into K=10
 trains a `HubertForPreTraining` to predict the labels of masked frames. Iteration i > 1 clusters hidden layer L of
 iteration i-1's model (`--label_layer`, default from its depth N: N // 2, i.e. 6 of BASE's 12 as in the paper and 1
 of `tiny`'s 2; 9 for N >= 24) into K=500 clusters, relabels, and trains a fresh model on the new labels (fresh, as in
-the paper §IV-C and fairseq's recipe, unless `--init_from`).
+the paper §IV-C and fairseq's recipe, unless `--init_from` or `--continue_iterations`, which start each iteration
+from the encoder of the model its labels came from).
 
 This script is the command line of `hf_speech_cl.hubert_iteration.HubertIterator`, whose docstring describes the
 method, the layout of `--output_dir` (`iteration-{i}/` with settings, features, labeler, labels, metrics and model;
 the last iteration's model at the root, loadable by `AutoModelForPreTraining` and stock `HubertForCTC`) and how to
 run one iteration or one stage from a notebook.
 
-With no arguments both iterations run on the offline `synthetic-librispeech` corpus (built on first use) with the
-`tiny` encoder, in about 11 minutes on 2 CPU cores (measured).
+With no arguments both iterations (300 updates each) run on the offline `synthetic-librispeech` corpus (built on
+first use) with the machine's encoder preset (`cpu` without CUDA, `gpu` with it).
 
 Every stage resumes: a rerun of the same command skips finished stages (each is published atomically, with a
 completion marker, so an interrupted one restarts cleanly) and training continues from its newest checkpoint.
 
 The training flags (`--max_steps`, `--learning_rate`, `--save_steps`, ...) apply to EACH iteration's training:
-`--iterations 2 --max_steps 300` trains 2 x 300 updates; `--iteration_max_steps 3000,1000` trains 3000 then 1000.
+`--iterations 2 --max_steps 300` trains 2 x 300 updates; `--iteration_max_steps 3000,1000` trains 3000 then 1000,
+and with `--continue_iterations` the 1000 continue the 3000-update encoder instead of starting a fresh one.
 
 Random crops (`--max_train_crop_s`) cut the labels with the audio (fairseq `collater_frm_label` offsets).
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 import hf_speech_cl
 from hf_speech_cl.data import DataArguments
@@ -131,3 +132,38 @@ def test_iteration_max_steps_parsing():
     for bad in ("3000,x", "0,10"):
         with pytest.raises(ValueError, match="iteration_max_steps"):
             HubertArguments(iteration_max_steps=bad)
+
+
+@pytest.mark.parametrize("continue_iterations", [True, False])
+def test_continue_iterations_starts_iteration_2_from_iteration_1s_encoder(
+    tmp_path, corpus_cache_dir, continue_iterations
+):
+    """`continue_iterations`: iteration 2 trains from iteration 1's encoder weights with a new head (K 8 -> 10);
+    without it a fresh model (the paper). A bug that ignored the flag, or loaded the head too, fails here."""
+    from hf_speech_cl.training import train as train_model
+
+    started: dict[int, dict] = {}
+
+    def spy_train(model, *args, **kwargs):
+        step = len(started) + 1
+        started[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return train_model(model, *args, **kwargs)
+
+    out = tmp_path / "hubert"
+    iterator = make_iterator(out, [])
+    iterator.hubert_args.continue_iterations = continue_iterations
+    iterator._train_fn = spy_train
+    iterator.train(2)  # trains iteration 1 first
+    assert sorted(started) == [1, 2]
+    trained_1 = HubertForPreTraining.from_pretrained(out / "iteration-1" / "model").state_dict()
+    encoder = [k for k in trained_1 if k.startswith("hubert.") and "masked_spec_embed" not in k]
+    assert len(encoder) > 10
+    same = [k for k in encoder if torch.equal(started[2][k], trained_1[k])]
+    if continue_iterations:
+        assert same == encoder  # every encoder weight is iteration 1's trained one
+        assert started[2]["label_embs_concat"].shape[0] == 10 != trained_1["label_embs_concat"].shape[0]
+        assert iterator.history[1]["started_from"] == str(out / "iteration-1" / "model")
+        assert "Continued pretraining" in (out / "iteration-2" / "model" / "README.md").read_text()
+    else:
+        assert not same  # a fresh model
+        assert iterator.history[1]["started_from"] is None

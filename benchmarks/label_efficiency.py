@@ -9,8 +9,9 @@ and crop length, so the same audio hours) for five starting points:
 - `wav2vec2`: `recipes/pretrain_wav2vec2.py`;
 - `hubert`: `recipes/pretrain_hubert.py --iterations 2`; its budget of U updates is split over the two iterations
   (`hubert_iteration_1_share` of U on MFCC k-means labels, the rest on labels from the iteration-1 model: half each
-  in the `tiny` and `cpu` presets, 3/4 + 1/4 in `cpu-long` and `gpu`; paper §IV-C trains each iteration from scratch
-  too), plus the labelling stages, which the other objectives do not need.
+  in the `tiny` and `cpu` presets, 3/4 + 1/4 in `cpu-long` and `gpu`, whose iteration 2 continues iteration 1's
+  encoder (`--continue_iterations`) where the `tiny` and `cpu` presets train it from scratch as in the paper §IV-C),
+  plus the labelling stages, which the other objectives do not need.
 
 Each objective keeps its recipe's own peak learning rate (SimCLR 5e-4, wav2vec 2.0 1e-3, HuBERT 2e-3) and warm-up.
 Then, per objective and seed:
@@ -184,9 +185,10 @@ class Preset:
         eval_batch_size: clips per test batch.
         logging_steps: logging interval of the recipes (updates).
         needs_cuda: refuse to run without a CUDA device.
-        hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora;
-            `--continue_iterations` where iteration 2 gets a quarter of the budget: a fresh model with so few updates
-            would probe far below the iteration-1 model its labels come from).
+        hubert_flags: extra flags of `recipes/pretrain_hubert.py` (K per iteration on tiny corpora).
+        hubert_continue_iterations: HuBERT's iteration 2 starts from iteration 1's encoder (`--continue_iterations`)
+            instead of a fresh model: where it gets a quarter of the budget, a fresh model with so few updates would
+            probe far below the iteration-1 model its labels come from.
         hubert_iteration_1_share: share of `pretrain_updates` HuBERT's iteration 1 (MFCC labels) trains; iteration 2
             gets the rest. 0.5 splits evenly; 0.75 for the budgets where iteration 1 can learn more than its MFCC
             targets (the cpu encoder's phone probe passed MFCC only after ~3000 updates of 8 x 4 s, README), since
@@ -232,6 +234,7 @@ class Preset:
     logging_steps: int = 10
     needs_cuda: bool = False
     hubert_flags: tuple[str, ...] = ()
+    hubert_continue_iterations: bool = False
     hubert_iteration_1_share: float = 0.5
     pretrain_flags: tuple[str, ...] = ()
     asr_flags: tuple[str, ...] = ()
@@ -273,7 +276,7 @@ PRESETS: dict[str, Preset] = {
         seeds=(0, 1),
         eval_batch_size=8,
         logging_steps=1,
-        hubert_flags=("--num_clusters", "10,20", "--kmeans_sample_fraction", "1.0", "--continue_iterations"),
+        hubert_flags=("--num_clusters", "10,20", "--kmeans_sample_fraction", "1.0"),
         asr_flags=(*LM_DECODING, "--lm_weights", "1", "--word_scores", "0", "--lexicon_word_list", "none"),
     ),
     "tiny": Preset(
@@ -345,7 +348,7 @@ PRESETS: dict[str, Preset] = {
         logging_steps=25,
         save_every=250,
         hubert_iteration_1_share=0.75,
-        hubert_flags=("--continue_iterations",),
+        hubert_continue_iterations=True,
         asr_flags=LM_DECODING,
         jobs=2,
     ),
@@ -378,7 +381,7 @@ PRESETS: dict[str, Preset] = {
         eval_batch_size=32,
         logging_steps=50,
         hubert_iteration_1_share=0.75,
-        hubert_flags=("--continue_iterations",),
+        hubert_continue_iterations=True,
         asr_flags=LM_DECODING,
         jobs=4,
         needs_cuda=True,
@@ -506,6 +509,8 @@ def pretraining_run(preset: Preset, objective: str) -> SubRun:
         first, second = hubert_iteration_updates(updates, preset.hubert_iteration_1_share)
         updates = first
         flags = [*flags, *preset.hubert_flags, "--iteration_max_steps", f"{first},{second}"]
+        if preset.hubert_continue_iterations:
+            flags.append("--continue_iterations")
     argv = [
         *_common(preset, updates, preset.pretrain_seed, preset.save_every or updates // 4),
         *flags,
@@ -1028,9 +1033,10 @@ def preset_line(payload: dict[str, Any]) -> str:
 def _hubert_split(p: dict[str, Any]) -> str:
     """HuBERT's updates per iteration as the report states them (older payloads have no share: an even split)."""
     first, second = hubert_iteration_updates(p["pretrain_updates"], p.get("hubert_iteration_1_share", 0.5))
+    continued = ", continuing iteration 1's encoder" if p.get("hubert_continue_iterations") else ""
     if first == second:
-        return f"{first} per iteration, 2 iterations"
-    return f"{first} updates on MFCC labels, then {second} on labels of iteration 1's layer"
+        return f"{first} per iteration, 2 iterations{continued}"
+    return f"{first} updates on MFCC labels, then {second} on labels of iteration 1's layer{continued}"
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:

@@ -135,6 +135,7 @@ def test_cpu_long_plan_checkpoints_often_and_gives_every_objective_the_same_audi
     for objective, run in pretraining.items():
         if objective == "hubert":  # 3000 updates on MFCC labels (enough to pass them on the phone probe), then 1000
             assert flag(run, "--iteration_max_steps") == "3000,1000" and flag(run, "--max_steps") == "3000"
+            assert "--continue_iterations" in run.argv  # the 1000 continue iteration 1's encoder
             continue
         assert int(flag(run, "--max_steps")) == preset.pretrain_updates
         assert flag(run, "--per_device_train_batch_size") == str(preset.pretrain_batch_size)
@@ -148,6 +149,10 @@ def test_cpu_long_plan_checkpoints_often_and_gives_every_objective_the_same_audi
     # --smoke keeps the structure at the smoke sizes, its own checkpoint interval included
     smoke = bench.smoke_version(preset)
     assert smoke.save_every is None and smoke.pretrain_updates == bench.PRESETS["smoke"].pretrain_updates
+    assert smoke.hubert_continue_iterations  # the structure, not a size: the smoke run takes the same path
+    # the cpu preset trains iteration 2 from scratch (the paper), also under --smoke
+    cpu_hubert = bench.pretraining_run(bench.smoke_version(bench.PRESETS["cpu"]), "hubert")
+    assert "--continue_iterations" not in cpu_hubert.argv
 
 
 def test_attempt_clock_counts_a_sigkilled_attempt_and_continues(tmp_path):

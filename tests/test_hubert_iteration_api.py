@@ -158,12 +158,21 @@ def test_continue_iterations_starts_iteration_2_from_iteration_1s_encoder(
     trained_1 = HubertForPreTraining.from_pretrained(out / "iteration-1" / "model").state_dict()
     encoder = [k for k in trained_1 if k.startswith("hubert.") and "masked_spec_embed" not in k]
     assert len(encoder) > 10
+    encoder.append("hubert.masked_spec_embed")  # trained in iteration 1 (masked frames), so carried over too
     same = [k for k in encoder if torch.equal(started[2][k], trained_1[k])]
+    config_1 = HubertForPreTraining.config_class.from_pretrained(out / "iteration-1" / "model").to_dict()
+    config_2 = HubertForPreTraining.config_class.from_pretrained(out / "iteration-2" / "model").to_dict()
+    # the run's own settings in both iterations: only K and the label rate change (nothing read back from the
+    # previous model's config, such as the objective's loss weights)
+    changed = {k for k in config_1 if config_1[k] != config_2.get(k)} - {"transformers_version"}
+    assert changed == {"num_clusters", "label_rate"}, changed
     if continue_iterations:
         assert same == encoder  # every encoder weight is iteration 1's trained one
         assert started[2]["label_embs_concat"].shape[0] == 10 != trained_1["label_embs_concat"].shape[0]
+        assert not torch.equal(started[2]["final_proj.weight"], trained_1["final_proj.weight"])  # a new head
         assert iterator.history[1]["started_from"] == str(out / "iteration-1" / "model")
-        assert "Continued pretraining" in (out / "iteration-2" / "model" / "README.md").read_text()
+        card = (out / "iteration-2" / "model" / "README.md").read_text()
+        assert "encoder weights of the iteration-1 model of this run (`--continue_iterations`)" in card
     else:
         assert not same  # a fresh model
         assert iterator.history[1]["started_from"] is None
